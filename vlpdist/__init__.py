@@ -1,0 +1,3 @@
+"""vlpdist: distributed pretraining of visio-linguistic transformers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,162 @@
+"""`vlpdist` command line: a table of subcommands → functions, no logic of its own.
+
+A user mistake (`VlpdistError`) prints one line `vlpdist: error: ...` and exits 2; a failed
+check (`shards verify`) exits 1; anything else is a bug and keeps its stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from vlpdist.errors import VlpdistError
+
+
+def _config(args) -> object:
+    from vlpdist.config import Config, load
+
+    return load(Config, args.config, args.overrides)
+
+
+def _storage(args):
+    from vlpdist.config import Config, load
+    from vlpdist.storage import Storage
+
+    cfg = load(Config, args.config, args.overrides) if args.config else None
+    return Storage(cfg.storage if cfg else None)
+
+
+def cmd_config_show(args) -> int:
+    from vlpdist.config import Config, Recipe, dump_yaml, load
+
+    cfg = load(Recipe if args.recipe else Config, args.config, args.overrides)
+    sys.stdout.write(dump_yaml(cfg, redact=True))
+    return 0
+
+
+def cmd_shards_build(args) -> int:
+    from vlpdist.config import Recipe, load
+    from vlpdist.shards.build import build
+
+    recipe = load(Recipe, args.recipe, args.overrides)
+    manifest = build(recipe, args.out, overwrite=args.overwrite, trust_pickle=args.trust_pickle)
+    print(
+        f"wrote {manifest['num_samples']} samples in {len(manifest['shards'])} shards to {args.out}"
+    )
+    return 0
+
+
+def cmd_shards_synth(args) -> int:
+    from vlpdist.shards.synthetic import synthesize
+
+    manifests = synthesize(_config(args), args.out, overwrite=args.overwrite)
+    for name, m in manifests.items():
+        print(f"{name}: {m['num_samples']} samples, {len(m['shards'])} shards")
+    print(f"SYNTHETIC world written to {args.out}")
+    return 0
+
+
+def cmd_shards_inspect(args) -> int:
+    from vlpdist.shards.reader import format_inspect, inspect
+
+    info = inspect(_storage(args), args.url, n_samples=args.samples)
+    print(json.dumps(info, indent=1) if args.json else format_inspect(info))
+    return 0
+
+
+def cmd_shards_verify(args) -> int:
+    from vlpdist.shards.reader import verify
+
+    report = verify(_storage(args), args.url)
+    for p in report.problems:
+        print(f"FAIL {p}", file=sys.stderr)
+    status = "OK" if report.ok else "FAILED"
+    print(
+        f"{status} {args.url}: {report.shards} shards, {report.samples} samples, {report.bytes / 1e6:.1f} MB"
+    )
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args) -> int:
+    from vlpdist.demo import run_demo
+
+    return run_demo(args.out, overrides=args.overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    if required:
+        p.add_argument("config", help="YAML config file")
+    else:
+        p.add_argument("--config", help="YAML config whose storage section to use")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-4")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vlpdist", description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="configs").add_subparsers(dest="sub", required=True)
+    p = cfg.add_parser("show", help="print the resolved config, secrets redacted")
+    p.add_argument("--recipe", action="store_true", help="the file is a shard build recipe")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_config_show)
+
+    sh = sub.add_parser("shards", help="build, inspect, verify shards").add_subparsers(
+        dest="sub", required=True
+    )
+    p = sh.add_parser("build", help="build a shard set from a public dataset recipe")
+    p.add_argument("recipe", help="recipe YAML (see shards/)")
+    p.add_argument("--out", required=True, help="dataset directory URL to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing shard set")
+    p.add_argument(
+        "--trust-pickle", action="store_true", help="allow pickle-based inputs (MMF LMDB features)"
+    )
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe")
+    p.set_defaults(fn=cmd_shards_build)
+
+    p = sh.add_parser("synth", help="build the synthetic world's shard sets")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="root URL; sets go to <out>/shards/<name>/")
+    p.add_argument("--overwrite", action="store_true", help="replace existing shard sets")
+    p.set_defaults(fn=cmd_shards_synth)
+
+    p = sh.add_parser("inspect", help="counts, dims, sizes and a few samples")
+    p.add_argument("url", help="dataset directory URL (holding index.json)")
+    p.add_argument("--samples", type=int, default=3, help="samples to show")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_config_args(p, required=False)
+    p.set_defaults(fn=cmd_shards_inspect)
+
+    p = sh.add_parser("verify", help="check sha256, sizes and offsets; exit 1 naming bad shards")
+    p.add_argument("url", help="dataset directory URL (holding index.json)")
+    _add_config_args(p, required=False)
+    p.set_defaults(fn=cmd_shards_verify)
+
+    p = sub.add_parser("demo", help="the main job on the embedded synthetic world")
+    p.add_argument("--out", default="demo_out", help="output root (any storage URL)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the demo config")
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="vlpdist: %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.fn(args)
+    except VlpdistError as e:
+        print(f"vlpdist: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlpdist: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

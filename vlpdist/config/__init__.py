@@ -1,0 +1,46 @@
+"""Typed configs: `load(Config, path, overrides)`; see loader.py for the precedence."""
+
+from vlpdist.config.loader import (
+    SECRET,
+    Invalid,
+    dump_yaml,
+    from_dict,
+    load,
+    to_dict,
+)
+from vlpdist.config.recipe import Recipe, ShardsConfig
+from vlpdist.config.sections import (
+    Config,
+    DataConfig,
+    DataSource,
+    DeepSpeedConfig,
+    ModelConfig,
+    OptimConfig,
+    RetryConfig,
+    RunConfig,
+    StorageConfig,
+    StudyConfig,
+)
+from vlpdist.config.synth import SynthConfig
+
+__all__ = [
+    "SECRET",
+    "Config",
+    "DataConfig",
+    "DataSource",
+    "DeepSpeedConfig",
+    "Invalid",
+    "ModelConfig",
+    "OptimConfig",
+    "Recipe",
+    "RetryConfig",
+    "RunConfig",
+    "ShardsConfig",
+    "StorageConfig",
+    "StudyConfig",
+    "SynthConfig",
+    "dump_yaml",
+    "from_dict",
+    "load",
+    "to_dict",
+]

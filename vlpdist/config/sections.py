@@ -1,0 +1,218 @@
+"""Config sections shared by every command. One field, one docstring.
+
+Later stages read only their own section: `data` knows nothing of `model`, and so on.
+Cross-section checks (impossible combinations) live in `Config.__post_init__`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vlpdist.config.loader import SECRET, Invalid
+from vlpdist.config.synth import SynthConfig
+
+
+@dataclass
+class RetryConfig:
+    max_attempts: int = 6
+    """Tries per storage call, the first one included; transient errors only."""
+    base_delay_s: float = 0.2
+    """First backoff delay; doubles per retry, with full jitter."""
+    max_delay_s: float = 10.0
+    """Cap of one backoff delay."""
+
+    def __post_init__(self):
+        if self.max_attempts < 1:
+            raise Invalid("max_attempts", "must be >= 1")
+        if self.base_delay_s < 0 or self.max_delay_s < self.base_delay_s:
+            raise Invalid("max_delay_s", "need 0 <= base_delay_s <= max_delay_s")
+
+
+@dataclass
+class StorageConfig:
+    """Object-store settings. Unset fields fall back to the standard AWS_* variables."""
+
+    endpoint_url: str | None = None
+    """S3 endpoint (MinIO, a loopback test server); else AWS_ENDPOINT_URL; else AWS."""
+    region: str | None = None
+    """S3 region; else AWS_REGION / AWS_DEFAULT_REGION."""
+    access_key_id: str | None = field(default=None, metadata=SECRET)
+    """Else AWS_ACCESS_KEY_ID. Never printed."""
+    secret_access_key: str | None = field(default=None, metadata=SECRET)
+    """Else AWS_SECRET_ACCESS_KEY. Never printed."""
+    anon: bool = False
+    """Unsigned requests (public buckets)."""
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    """Backoff for transient errors (5xx, throttling, resets, timeouts)."""
+
+
+@dataclass
+class DataSource:
+    url: str
+    """Dataset directory holding index.json (any storage URL)."""
+    weight: float = 1.0
+    """Relative sampling weight when several sources are mixed."""
+
+    def __post_init__(self):
+        if self.weight <= 0:
+            raise Invalid("weight", "must be > 0")
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSource] = field(default_factory=list)
+    """Shard sets to stream, with mixing weights."""
+    batch_size: int = 32
+    """Samples per batch on one rank (the micro-batch)."""
+    num_workers: int = 2
+    """Loader worker processes per rank."""
+    shuffle_buffer: int = 1000
+    """Samples held by the seeded shuffle buffer."""
+    seed: int = 0
+    """Seed of shard order, shuffling, masking and negatives."""
+    max_regions: int = 100
+    """Regions per image after truncation."""
+    max_text_tokens: int = 36
+    """Text tokens per sample including [CLS]/[SEP]."""
+    on_corrupt: Literal["skip", "fail"] = "skip"
+    """What a corrupt or truncated shard does: skipped with a warning, or stops the run."""
+    verify_sha256: bool = False
+    """Check each shard's sha256 while streaming."""
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_regions", "max_text_tokens"):
+            if getattr(self, name) < 1:
+                raise Invalid(name, "must be >= 1")
+        if self.num_workers < 0 or self.shuffle_buffer < 0:
+            raise Invalid("num_workers", "num_workers and shuffle_buffer must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["visual_bert", "vilbert"] = "visual_bert"
+    """Architecture."""
+    flavor: Literal["tiny", "base"] = "tiny"
+    """Named size: tiny for CPU tests, base for the paper's sizes."""
+    text_init: str | None = None
+    """HF BERT checkpoint directory (or hub name) for the text stream; None = random."""
+    objectives: list[Literal["mlm", "mrc", "mfr", "itm"]] = field(
+        default_factory=lambda: ["mlm", "mrc"]
+    )
+    """Pretraining losses: masked language, region class (KL), feature regression, matching."""
+
+    def __post_init__(self):
+        if not self.objectives:
+            raise Invalid("objectives", "at least one objective is needed")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay; never applied to biases and LayerNorm."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 1000
+    """Linear warmup updates."""
+    total_steps: int = 11000
+    """Total updates; the schedule decays linearly to zero here."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 disables."""
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise Invalid("lr", "must be > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise Invalid("betas", "need two values in [0, 1)")
+        if self.total_steps < 1 or self.warmup_steps < 0:
+            raise Invalid("total_steps", "must be >= 1 (warmup_steps >= 0)")
+        if self.warmup_steps > self.total_steps:
+            raise Invalid("warmup_steps", f"{self.warmup_steps} > total_steps {self.total_steps}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    """ZeRO partitioning stage."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision."""
+    global_batch_size: int = 32
+    """Samples per update over all ranks = micro-batch x accumulation x world size."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload of optimizer state to CPU (stage >= 1)."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    """Run name; the run's directory is <output>/<name>."""
+    output: str = "./out"
+    """Storage URL under which runs write checkpoints, exports and results."""
+    seed: int = 0
+    """Seed of model init and everything not seeded by `data.seed`."""
+    checkpoint_every: int = 1000
+    """Updates between checkpoints; 0 disables."""
+    keep_last: int = 2
+    """Complete checkpoints kept."""
+    log_every: int = 10
+    """Updates between log lines."""
+    init_from: str | None = None
+    """Export directory to start from (fine-tuning)."""
+
+    def __post_init__(self):
+        if self.checkpoint_every < 0 or self.keep_last < 1 or self.log_every < 1:
+            raise Invalid("keep_last", "checkpoint_every >= 0, keep_last >= 1, log_every >= 1")
+        if not self.name or "/" in self.name:
+            raise Invalid("name", f"must be a non-empty name without '/', got {self.name!r}")
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    """Study name; results go to <run.output>/<name>/results/."""
+    architectures: list[Literal["visual_bert", "vilbert"]] = field(
+        default_factory=lambda: ["visual_bert"]
+    )
+    """Architectures of the grid."""
+    pretrain_sets: dict[str, list[DataSource]] = field(default_factory=dict)
+    """Named pretraining shard sets or mixes; 'scratch' is added implicitly."""
+    tasks: list[str] = field(default_factory=list)
+    """Downstream tasks fine-tuned from every export."""
+    modes: list[Literal["full", "frozen"]] = field(default_factory=lambda: ["full"])
+    """Fine-tuning modes."""
+    train_fractions: list[float] = field(default_factory=lambda: [1.0])
+    """Fractions of the downstream train split."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Fine-tuning seeds."""
+
+    def __post_init__(self):
+        if any(not 0 < f <= 1 for f in self.train_fractions):
+            raise Invalid("train_fractions", "each fraction must be in (0, 1]")
+
+
+@dataclass
+class Config:
+    """Root of every training, study and synthetic-world config file."""
+
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def __post_init__(self):
+        ds = self.deepspeed
+        if ds.global_batch_size % self.data.batch_size:
+            raise Invalid(
+                "deepspeed.global_batch_size",
+                f"{ds.global_batch_size} is not a multiple of data.batch_size {self.data.batch_size}",
+            )
+        if ds.offload_optimizer and ds.zero_stage == 0:
+            raise Invalid("deepspeed.offload_optimizer", "needs deepspeed.zero_stage >= 1")

@@ -1,0 +1,253 @@
+"""Writing a shard set: tar shards, then `index.json` last (the commit of the dataset).
+
+Manifest (`index.json`) fields:
+  format, version, dataset, source, synthetic, feature_dim, cls_prob_dim, box_format,
+  num_samples, num_texts, total_bytes, tokenizer{name, path, files, sha256, vocab_size,
+  lowercase, max_tokens}, recipe{...}, build_report{...}, extra{...},
+  shards[{name, num_samples, bytes, sha256, offsets}]
+`offsets` has num_samples + 1 entries: sample i occupies bytes [offsets[i], offsets[i+1])
+of its shard (its tar headers and members), so a reader can range-read or skip samples
+without parsing; the last entry is where the tar's end-of-archive blocks begin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+
+from tqdm import tqdm
+
+from vlpdist import __version__
+from vlpdist.errors import ShardError
+from vlpdist.shards import schema
+from vlpdist.shards.schema import INDEX
+from vlpdist.storage import Storage, join
+
+SHARD_NAME = "{:06d}.tar"
+MAX_LISTED_REASONS = 20
+TAR_MTIME = 0.0  # fixed header times: the same input gives byte-identical shards
+
+
+class BuildReport:
+    """What a build read, wrote and skipped. Every skip is listed with its reason and
+    where it came from; nothing is dropped silently."""
+
+    def __init__(self):
+        self.read = 0
+        self.written = 0
+        self.texts = 0
+        self.truncated_texts = 0
+        self.skipped: list[dict] = []
+        self.notes: list[str] = []
+        self.started = time.time()
+        self.bytes = 0
+
+    def skip(self, item: object, reason: str, where: str | None = None) -> None:
+        entry = {"item": str(item), "reason": reason}
+        if where:
+            entry["where"] = where
+        self.skipped.append(entry)
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(Counter(s["reason"] for s in self.skipped).most_common())
+
+    def to_dict(self) -> dict:
+        return {
+            "read": self.read,
+            "written": self.written,
+            "texts": self.texts,
+            "truncated_texts": self.truncated_texts,
+            "skipped_count": len(self.skipped),
+            "skipped_by_reason": self.by_reason(),
+            "skipped": self.skipped,
+            "notes": self.notes,
+            "bytes": self.bytes,
+            "seconds": round(time.time() - self.started, 3),
+        }
+
+    def summary(self, dataset: str) -> str:
+        lines = [
+            f"build report for {dataset}: read {self.read}, wrote {self.written} samples "
+            f"({self.texts} texts, {self.bytes / 1e6:.1f} MB), skipped {len(self.skipped)}"
+            + (
+                f", truncated {self.truncated_texts} texts' token ids"
+                if self.truncated_texts
+                else ""
+            )
+        ]
+        for i, (reason, n) in enumerate(self.by_reason().items()):
+            if i == MAX_LISTED_REASONS:
+                lines.append("  ... (all skips are listed in index.json build_report.skipped)")
+                break
+            examples = [s for s in self.skipped if s["reason"] == reason][:3]
+            shown = ", ".join(
+                s["item"] + (f" ({s['where']})" if "where" in s else "") for s in examples
+            )
+            lines.append(f"  skipped {n} x {reason}: {shown}{' ...' if n > 3 else ''}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+class ShardWriter:
+    """Append samples; shards roll over at `target_shard_bytes`; `commit` writes the manifest."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        url: str,
+        dataset: str,
+        report: BuildReport,
+        *,
+        target_shard_bytes: int = 256_000_000,
+        progress: bool = True,
+        overwrite: bool = False,
+    ):
+        self.storage, self.url, self.dataset, self.report = (
+            storage,
+            url.rstrip("/"),
+            dataset,
+            report,
+        )
+        self.target = target_shard_bytes
+        index_url = join(self.url, INDEX)
+        if storage.exists(index_url):
+            if not overwrite:
+                raise ShardError(
+                    f"{index_url}: a shard set already exists here; use --overwrite to replace it"
+                )
+            storage.rm(index_url)  # uncommit first, then clear the old shards
+            for child in storage.ls(self.url):
+                storage.rm(child, recursive=True)
+        self.tmpdir = tempfile.mkdtemp(prefix="vlpdist-shards-")
+        self.feature_dim: int | None = None
+        self.cls_dim: int | None = None
+        self.keys: set[str] = set()
+        self.shards: list[dict] = []
+        self._tar = None  # webdataset.TarWriter of the open shard
+        self._offsets: list[int] = []
+        self._bar = tqdm(
+            desc=dataset, unit=" samples", disable=not progress, file=sys.stderr, dynamic_ncols=True
+        )
+
+    # -- samples
+    def add(self, sample: schema.Sample, where: str | None = None) -> bool:
+        """Write `sample`, or count it as skipped with the reason. True when written."""
+        item = sample.meta.get("image_id", sample.key)
+        reason = schema.check(sample, self.feature_dim, self.cls_dim)
+        if reason is None and sample.key in self.keys:
+            reason = f"duplicate sample key '{sample.key}'"
+        if reason is not None:
+            self.report.skip(item, reason, where)
+            return False
+        if self.feature_dim is None:
+            self.feature_dim = int(sample.feats.shape[1])
+        if self.cls_dim is None and sample.cls_prob is not None:
+            self.cls_dim = int(sample.cls_prob.shape[1])
+        self.keys.add(sample.key)
+        if self._tar is None:
+            self._open_shard()
+        self._offsets.append(self._tar.tarstream.offset)
+        self._tar.write(schema.encode(sample))
+        self.report.written += 1
+        self.report.texts += len(sample.texts)
+        self._bar.update(1)
+        done = self.report.bytes + self._tar.tarstream.offset
+        self._bar.set_postfix_str(
+            f"{done / 1e6 / max(time.time() - self.report.started, 1e-6):.1f} MB/s", refresh=False
+        )
+        if self._tar.tarstream.offset >= self.target:
+            self._close_shard()
+        return True
+
+    def _open_shard(self) -> None:
+        import webdataset as wds  # imports torch: only when writing, not for every reader
+
+        self._local = os.path.join(self.tmpdir, SHARD_NAME.format(len(self.shards)))
+        self._file = open(self._local, "wb")  # noqa: SIM115 - closed in _close_shard
+        self._tar = wds.TarWriter(
+            self._file, user="vlpdist", group="vlpdist", encoder=False, mtime=TAR_MTIME
+        )
+        self._offsets = []
+
+    def _close_shard(self) -> None:
+        end = self._tar.tarstream.offset
+        self._tar.close()
+        self._file.close()
+        self._tar = None
+        name = os.path.basename(self._local)
+        digest = hashlib.sha256()
+        with open(self._local, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        size = os.path.getsize(self._local)
+        self.storage.put_file(self._local, join(self.url, name))
+        os.unlink(self._local)
+        self.report.bytes += size
+        self.shards.append(
+            {
+                "name": name,
+                "num_samples": len(self._offsets),
+                "bytes": size,
+                "sha256": digest.hexdigest(),
+                "offsets": [*self._offsets, end],
+            }
+        )
+
+    # -- commit
+    def commit(
+        self,
+        source: str,
+        recipe: dict,
+        tokenizer: dict | None,
+        *,
+        synthetic: bool = False,
+        extra: dict | None = None,
+    ) -> dict:
+        """Upload the last shard, then write index.json: from here on the set exists."""
+        try:
+            if self._tar is not None:
+                self._close_shard()
+            self._bar.close()
+            if not self.shards:
+                raise ShardError(
+                    f"{self.url}: no sample could be written for {self.dataset}:\n"
+                    + self.report.summary(self.dataset)
+                )
+            manifest = {
+                "format": schema.FORMAT,
+                "version": schema.VERSION,
+                "created_by": f"vlpdist {__version__}",
+                "dataset": self.dataset,
+                "source": source,
+                "synthetic": synthetic,
+                "feature_dim": self.feature_dim,
+                "cls_prob_dim": self.cls_dim,
+                "box_format": "x1y1x2y2, normalised to [0, 1]",
+                "num_samples": sum(s["num_samples"] for s in self.shards),
+                "num_texts": self.report.texts,
+                "total_bytes": sum(s["bytes"] for s in self.shards),
+                "tokenizer": tokenizer,
+                "recipe": recipe,
+                "build_report": self.report.to_dict(),
+                "extra": extra or {},
+                "shards": self.shards,
+            }
+            self.storage.write_text(join(self.url, INDEX), json.dumps(manifest, indent=1))
+            return manifest
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop local temporaries (shards already uploaded stay uncommitted: no index.json)."""
+        if self._tar is not None:
+            self._tar.close()
+            self._file.close()
+            self._tar = None
+        self._bar.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)

@@ -1,0 +1,389 @@
+"""One storage layer for every URL: plain paths, file://, s3:// and any fsspec protocol.
+
+- S3 settings come from `StorageConfig`, else from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+  AWS_SECRET_ACCESS_KEY, AWS_REGION. Secrets never reach a log line or an error.
+- Transient errors (5xx, throttling, resets, timeouts) are retried here with exponential
+  backoff and full jitter, a bounded number of times, each retry logged. s3fs and
+  botocore retry on their own too; both are switched off so that the bound is real
+  and every retry is visible.
+- Permanent errors (no such bucket, access denied, not found) fail at once as one line.
+- Writes are atomic for readers: on object stores a single PUT/multipart upload becomes
+  visible only when complete; on file systems we write a temporary name and rename.
+  A multi-object dataset is committed by writing its manifest last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import fsspec
+
+from vlpdist.config.sections import StorageConfig
+from vlpdist.errors import StorageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Protocols whose single-object upload is atomic (visible only once complete).
+ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
+TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+    "502",
+    "504",
+}
+DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
+TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE, errno.ECONNABORTED}
+
+
+def split_protocol(url: str) -> tuple[str, str]:
+    """('s3', 'bucket/key') for 's3://bucket/key'; ('file', '/abs/path') for plain paths."""
+    if "://" in url:
+        proto, _, rest = url.partition("://")
+        if proto == "file":
+            return "file", os.path.abspath(rest)
+        return proto, rest
+    return "file", os.path.abspath(url)
+
+
+def join(base: str, *parts: str) -> str:
+    out = base.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+def is_local(url: str) -> bool:
+    return split_protocol(url)[0] == "file"
+
+
+# ---------------------------------------------------------------- error classification
+
+
+def _client_error_info(exc: BaseException) -> tuple[str | None, int | None]:
+    """Walk the cause chain for a botocore ClientError: (code, http status)."""
+    seen = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        response = getattr(cur, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            code = response["Error"].get("Code")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return (str(code) if code is not None else None), status
+        cur = cur.__cause__ or cur.__context__
+    return None, None
+
+
+def _chain_names(exc: BaseException) -> set[str]:
+    names, cur, seen = set(), exc, set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        names.update(c.__name__ for c in type(cur).__mro__)
+        cur = cur.__cause__ or cur.__context__
+    return names
+
+
+def classify(exc: BaseException) -> str:
+    """'transient', 'denied', 'missing_bucket', 'not_found' or 'permanent'."""
+    code, status = _client_error_info(exc)
+    if code == "NoSuchBucket":
+        return "missing_bucket"
+    if code in DENIED_CODES or status == 403 or isinstance(exc, PermissionError):
+        return "denied"
+    if code in TRANSIENT_CODES or (status is not None and status >= 500) or status == 429:
+        return "transient"
+    if code in {"NoSuchKey", "404", "NotFound"} or isinstance(exc, FileNotFoundError):
+        return "not_found"
+    names = _chain_names(exc)
+    transient_names = {
+        "ConnectionError",
+        "TimeoutError",
+        "ClientConnectionError",  # aiohttp
+        "ServerDisconnectedError",
+        "ClientPayloadError",
+        "EndpointConnectionError",  # botocore
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ResponseStreamingError",
+        "IncompleteReadError",
+        "HTTPClientError",
+        "FSTimeoutError",  # fsspec
+        "IncompleteRead",  # http.client
+    }
+    if names & transient_names:
+        return "transient"
+    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+        return "transient"
+    return "permanent"
+
+
+def _bucket(url: str) -> str:
+    return split_protocol(url)[1].split("/", 1)[0]
+
+
+# ---------------------------------------------------------------- the storage object
+
+
+class Storage:
+    """Opens, lists, reads and writes URLs with one set of settings and one retry policy."""
+
+    def __init__(
+        self, cfg: StorageConfig | None = None, sleep: Callable[[float], None] = time.sleep
+    ):
+        self.cfg = cfg or StorageConfig()
+        self._fs: dict[str, fsspec.AbstractFileSystem] = {}
+        self._sleep = sleep
+
+    # -- settings and secrets
+    def _s3_settings(self) -> dict:
+        c, env = self.cfg, os.environ
+        return {
+            "endpoint_url": c.endpoint_url or env.get("AWS_ENDPOINT_URL") or None,
+            "region": c.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+            "key": c.access_key_id or env.get("AWS_ACCESS_KEY_ID"),
+            "secret": c.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY"),
+        }
+
+    def redact(self, text: str) -> str:
+        """Replace every known secret value in `text` with '***'."""
+        s = self._s3_settings()
+        for secret in (s["key"], s["secret"], os.environ.get("AWS_SESSION_TOKEN")):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    def filesystem(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        proto, path = split_protocol(url)
+        if proto not in self._fs:
+            self._fs[proto] = self._make_fs(proto, url)
+        return self._fs[proto], path
+
+    def _make_fs(self, proto: str, url: str) -> fsspec.AbstractFileSystem:
+        if proto == "file":
+            return fsspec.filesystem("file")
+        if proto in ("s3", "s3a"):
+            s = self._s3_settings()
+            kwargs: dict = {
+                "anon": self.cfg.anon,
+                "use_listings_cache": False,
+                "skip_instance_cache": True,
+                # botocore's own retries off: ours are bounded, jittered and logged.
+                "config_kwargs": {
+                    "retries": {"total_max_attempts": 1, "mode": "standard"},
+                    "connect_timeout": 10,
+                    "read_timeout": 60,
+                },
+                "client_kwargs": {"region_name": s["region"]} if s["region"] else {},
+            }
+            if s["endpoint_url"]:
+                kwargs["endpoint_url"] = s["endpoint_url"]
+            if not self.cfg.anon and s["key"]:
+                kwargs.update(key=s["key"], secret=s["secret"])
+            try:
+                fs = fsspec.filesystem("s3", **kwargs)
+            except Exception as e:  # bad endpoint URL and the like
+                raise StorageError(
+                    f"{url}: cannot set up S3 access: {self.redact(str(e))}"
+                ) from None
+            fs.retries = 1  # s3fs's internal retry loop off, see module docstring
+            return fs
+        try:
+            return fsspec.filesystem(proto)
+        except (ImportError, ValueError) as e:
+            raise StorageError(f"{url}: unsupported storage protocol '{proto}': {e}") from None
+
+    # -- the retry policy
+    def call(self, what: str, url: str, fn: Callable[[], T]) -> T:
+        """Run `fn` with bounded, jittered, logged retries of transient errors."""
+        r = self.cfg.retry
+        for attempt in range(1, r.max_attempts + 1):
+            try:
+                return fn()
+            except StorageError:
+                raise
+            except Exception as e:
+                kind = classify(e)
+                if kind != "transient":
+                    raise self._permanent(kind, what, url, e) from None
+                if attempt == r.max_attempts:
+                    raise StorageError(
+                        f"{url}: {what} failed after {attempt} attempts: {self._describe(e)}"
+                    ) from None
+                delay = random.uniform(0, min(r.max_delay_s, r.base_delay_s * 2 ** (attempt - 1)))
+                log.warning(
+                    "storage: %s %s: %s; retry %d/%d in %.2fs",
+                    what, url, self._describe(e), attempt, r.max_attempts - 1, delay,
+                )  # fmt: skip
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _describe(self, e: BaseException) -> str:
+        code, status = _client_error_info(e)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        label = (
+            type(e).__name__
+            + (f" {code}" if code else "")
+            + (f" (HTTP {status})" if status else "")
+        )
+        return self.redact(f"{label}: {text}" if text else label)
+
+    def _permanent(self, kind: str, what: str, url: str, e: BaseException) -> StorageError:
+        if kind == "missing_bucket":
+            return StorageError(f"{url}: no such bucket '{_bucket(url)}'")
+        if kind == "denied":
+            return StorageError(
+                f"{url}: access denied while trying to {what} (check the credentials: "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the config's storage section)"
+            )
+        if kind == "not_found":
+            return StorageError(f"{url}: not found")
+        return StorageError(f"{url}: cannot {what}: {self._describe(e)}")
+
+    # -- reading
+    def exists(self, url: str) -> bool:
+        fs, path = self.filesystem(url)
+        return self.call("check", url, lambda: fs.exists(path))
+
+    def size(self, url: str) -> int:
+        fs, path = self.filesystem(url)
+        return int(self.call("stat", url, lambda: fs.size(path)))
+
+    def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
+        """The whole object, or bytes [start, end)."""
+        fs, path = self.filesystem(url)
+        return self.call("read", url, lambda: fs.cat_file(path, start=start, end=end))
+
+    def read_text(self, url: str) -> str:
+        return self.read_bytes(url).decode("utf-8")
+
+    def open_read(self, url: str, chunk_size: int = 8 << 20) -> io.BufferedReader:
+        """A sequential reader. Remote objects are read in ranged chunks; a transient error
+        re-requests from the exact byte where it broke, so nothing is lost or repeated."""
+        if is_local(url):
+            path = split_protocol(url)[1]
+            try:
+                return open(path, "rb")  # noqa: SIM115 - returned to the caller
+            except OSError as e:
+                raise self._permanent(classify(e), "read", url, e) from None
+        return io.BufferedReader(_RangeReader(self, url, chunk_size), buffer_size=chunk_size)
+
+    def iter_chunks(self, url: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
+        with self.open_read(url, chunk_size) as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+    def ls(self, url: str) -> list[str]:
+        """Child URLs of a directory/prefix, sorted; [] when it does not exist."""
+        fs, path = self.filesystem(url)
+        proto = split_protocol(url)[0]
+        try:
+            entries = self.call("list", url, lambda: fs.ls(path, detail=False))
+        except StorageError as e:
+            if str(e).endswith(": not found"):
+                return []
+            raise
+        prefix = "" if proto == "file" else f"{proto}://"
+        return sorted(prefix + e.rstrip("/") for e in entries)
+
+    # -- writing
+    def write_bytes(self, url: str, data: bytes) -> None:
+        with self.open_write(url) as f:
+            f.write(data)
+
+    def write_text(self, url: str, text: str) -> None:
+        self.write_bytes(url, text.encode("utf-8"))
+
+    @contextlib.contextmanager
+    def open_write(self, url: str) -> Iterator[io.BufferedWriter]:
+        """Write to a local temporary file; on success, commit it to `url` atomically.
+        If the body raises, nothing becomes visible at `url`."""
+        fd, tmp = tempfile.mkstemp(prefix=".vlpdist-", dir=self._local_tmp_dir(url))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            self.put_file(tmp, url)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _local_tmp_dir(self, url: str) -> str | None:
+        """Same directory as a local target (so rename is atomic), else the system temp."""
+        if not is_local(url):
+            return None
+        d = os.path.dirname(split_protocol(url)[1])
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"{url}: cannot create directory: {e.strerror}") from None
+        return d
+
+    def put_file(self, local_path: str, url: str) -> None:
+        """Commit a finished local file to `url`, atomically for readers."""
+        proto, path = split_protocol(url)
+        if proto == "file":
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                shutil.copyfile(local_path, tmp)
+                os.replace(tmp, path)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise self._permanent(classify(e), "write", url, e) from None
+            return
+        fs, path = self.filesystem(url)
+        if proto in ATOMIC_PUT:
+            self.call("write", url, lambda: fs.put_file(local_path, path))
+            return
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # other fsspec stores: temp key, then move
+        self.call("write", url, lambda: fs.put_file(local_path, tmp))
+        self.call("commit", url, lambda: fs.mv(tmp, path))
+
+    def rm(self, url: str, recursive: bool = False) -> None:
+        fs, path = self.filesystem(url)
+        self.call("delete", url, lambda: fs.rm(path, recursive=recursive))
+
+
+class _RangeReader(io.RawIOBase):
+    """Raw sequential reader over ranged GETs; each range is retried by `Storage.call`,
+    so a connection reset mid-object resumes at the exact byte offset."""
+
+    def __init__(self, storage: Storage, url: str, chunk_size: int):
+        self.storage, self.url, self.chunk_size = storage, url, chunk_size
+        self.pos = 0
+        self.total = storage.size(url)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.pos >= self.total:
+            return 0
+        end = min(self.total, self.pos + max(len(b), 1))
+        data = self.storage.read_bytes(self.url, self.pos, end)
+        if not data:
+            raise StorageError(f"{self.url}: object ended at byte {self.pos} of {self.total}")
+        n = len(data)
+        b[:n] = data
+        self.pos += n
+        return n
