@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vlpdist.config import Config, Recipe, dump_yaml, from_dict, load, to_dict
+from vlpdist.config import Config, Recipe, RetryConfig, dump_yaml, from_dict, load, to_dict
 from vlpdist.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,3 +141,15 @@ def test_config_show_cli(run_cli, tmp_path):
         "vlpdist: error: command line override 'optim.lr': optim.lr"
     )
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@dataclass
+class _Root:
+    retry: RetryConfig = field(default_factory=lambda: RetryConfig(max_attempts=3))
+    table: dict[str, int] = field(default_factory=lambda: {"a": 1, "b": 2})
+
+
+def test_partial_section_keeps_the_fields_own_default_factory():
+    cfg = load(_Root, None, ["retry.base_delay_s=0.5", "table.b=5"])
+    assert cfg.retry.max_attempts == 3 and cfg.retry.base_delay_s == 0.5
+    assert cfg.table == {"a": 1, "b": 5}

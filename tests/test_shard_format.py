@@ -130,8 +130,16 @@ def test_existing_set_needs_overwrite_and_empty_set_fails(tmp_path):
     w = ShardWriter(Storage(), url, "unit", BuildReport(), progress=False, overwrite=True)
     with pytest.raises(ShardError, match="no sample could be written"):
         w.commit("test", {}, None)
+    assert load_manifest(Storage(), url)["num_samples"] == 3  # a failed rebuild keeps the old set
+    big = write_set(str(tmp_path / "big"), n=25)
+    assert len(big["shards"]) > 1
+    replaced = ShardWriter(Storage(), str(tmp_path / "big"), "unit", BuildReport(), overwrite=True)
+    replaced.add(make_sample(0))
+    replaced.commit("test", {}, None)
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["000000.tar", "index.json"]
+    assert verify(Storage(), str(tmp_path / "big")).samples == 1
     with pytest.raises(ShardError, match="never committed"):
-        load_manifest(Storage(), url)
+        load_manifest(Storage(), str(tmp_path / "nothing"))
 
 
 def corrupt(path, how: str) -> None:

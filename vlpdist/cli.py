@@ -85,12 +85,15 @@ def cmd_demo(args) -> int:
     return run_demo(args.out, overrides=args.overrides)
 
 
+OVERRIDES = "trailing key=value arguments override the config, e.g. optim.lr=1e-4"
+
+
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     if required:
         p.add_argument("config", help="YAML config file")
     else:
         p.add_argument("--config", help="YAML config whose storage section to use")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-4")
+    p.epilog = OVERRIDES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-pickle", action="store_true", help="allow pickle-based inputs (MMF LMDB features)"
     )
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe")
+    p.epilog = OVERRIDES
     p.set_defaults(fn=cmd_shards_build)
 
     p = sh.add_parser("synth", help="build the synthetic world's shard sets")
@@ -137,13 +140,20 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded synthetic world")
     p.add_argument("--out", default="demo_out", help="output root (any storage URL)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the demo config")
+    p.epilog = OVERRIDES
     p.set_defaults(fn=cmd_demo)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    # key=value overrides may stand anywhere (`shards build R --out URL split=val`); argparse
+    # cannot intermix positionals with subcommands, so they are taken from the leftovers.
+    args, rest = ap.parse_known_args(argv)
+    args.overrides = [a for a in rest if "=" in a and not a.startswith("-")]
+    unknown = [a for a in rest if a not in args.overrides]
+    if unknown:
+        ap.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="vlpdist: %(levelname)s %(name)s: %(message)s",

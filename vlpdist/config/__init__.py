@@ -21,7 +21,7 @@ from vlpdist.config.sections import (
     StorageConfig,
     StudyConfig,
 )
-from vlpdist.config.synth import SynthConfig
+from vlpdist.config.synth import DomainConfig, SynthConfig
 
 __all__ = [
     "SECRET",
@@ -29,6 +29,7 @@ __all__ = [
     "DataConfig",
     "DataSource",
     "DeepSpeedConfig",
+    "DomainConfig",
     "Invalid",
     "ModelConfig",
     "OptimConfig",

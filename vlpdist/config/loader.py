@@ -256,6 +256,14 @@ def _convert(tp: Any, value: Any, dotted: str, ctx: _Ctx) -> Any:
     raise ctx.error(dotted, f"expected {_type_name(tp)}, got {value!r}")
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
 def _build(cls: type[T], values: Mapping, prefix: str, ctx: _Ctx) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -265,6 +273,15 @@ def _build(cls: type[T], values: Mapping, prefix: str, ctx: _Ctx) -> T:
         raise ctx.error(prefix + str(unknown[0]), f"unknown key (known keys: {known})")
     kwargs = {}
     for name, value in values.items():
+        default = _field_default(fields[name])
+        if isinstance(value, Mapping) and (
+            dataclasses.is_dataclass(default) or isinstance(default, Mapping)
+        ):
+            # a partial section keeps the rest of the field's own default (which may come
+            # from a default_factory with values other than the section class's defaults)
+            merged = to_dict(default)
+            _merge(merged, value, {}, "")
+            value = merged
         try:
             kwargs[name] = _convert(hints[name], value, prefix + name, ctx)
         except ConfigError:

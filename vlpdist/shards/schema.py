@@ -9,10 +9,11 @@ A sample is four tar members sharing a key (webdataset convention, `key.ext`):
 Every text record has "kind" (caption | question | hypothesis | plot), "text" and "ids"
 (token ids of the manifest's tokenizer, no special tokens). Task fields by kind:
   question:   "question_id", "answers" (all human answers), optional "answer_ids"
-              (VQA-P pretraining), "answerable" and "answer_type" (VizWiz, VQA)
+              (VQA-P pretraining), "answer_type", "multiple_choice_answer" (VQA v2),
+              "answerable" and "answer_confidence" (VizWiz)
   hypothesis: "pair_id", "label" (entailment | neutral | contradiction)
   plot:       "genres" (list of genre names)
-  caption:    optional "caption_id"
+  caption:    optional "caption_id", "url" (Conceptual Captions)
 Arrays are .npy (no pickle: read with allow_pickle=False), so plain tar, numpy and
 webdataset can read a shard without vlpdist.
 """
@@ -83,8 +84,8 @@ def check(sample: Sample, feature_dim: int | None, cls_dim: int | None) -> str |
             return f"cls_prob shape {tuple(c.shape)} does not match {f.shape[0]} regions"
         if cls_dim is not None and c.shape[1] != cls_dim:
             return f"cls_prob has {c.shape[1]} classes, this dataset {cls_dim}"
-    if not np.isfinite(f.astype(np.float32)).all():
-        return "features contain NaN or inf (after fp16 conversion)"
+    if not np.isfinite(f).all():
+        return "features contain NaN or inf"
     meta = sample.meta
     for k in ("image_id", "width", "height", "source", "texts"):
         if k not in meta:

@@ -115,25 +115,24 @@ class ShardWriter:
             report,
         )
         self.target = target_shard_bytes
+        self.progress = progress
         index_url = join(self.url, INDEX)
-        if storage.exists(index_url):
-            if not overwrite:
-                raise ShardError(
-                    f"{index_url}: a shard set already exists here; use --overwrite to replace it"
-                )
-            storage.rm(index_url)  # uncommit first, then clear the old shards
-            for child in storage.ls(self.url):
-                storage.rm(child, recursive=True)
-        self.tmpdir = tempfile.mkdtemp(prefix="vlpdist-shards-")
+        # Refuse before the caller does any long work; an old set being replaced is only
+        # cleared right before the first new shard lands, so a rebuild that fails early
+        # leaves it intact.
+        self._replace = storage.exists(index_url)
+        if self._replace and not overwrite:
+            raise ShardError(
+                f"{index_url}: a shard set already exists here; use --overwrite to replace it"
+            )
+        self.tmpdir: str | None = None
         self.feature_dim: int | None = None
         self.cls_dim: int | None = None
         self.keys: set[str] = set()
         self.shards: list[dict] = []
         self._tar = None  # webdataset.TarWriter of the open shard
         self._offsets: list[int] = []
-        self._bar = tqdm(
-            desc=dataset, unit=" samples", disable=not progress, file=sys.stderr, dynamic_ncols=True
-        )
+        self._bar = None
 
     # -- samples
     def add(self, sample: schema.Sample, where: str | None = None) -> bool:
@@ -156,6 +155,9 @@ class ShardWriter:
         self._tar.write(schema.encode(sample))
         self.report.written += 1
         self.report.texts += len(sample.texts)
+        if self._bar is None:
+            self._bar = tqdm(desc=self.dataset, unit=" samples", disable=not self.progress,
+                             file=sys.stderr, dynamic_ncols=True)  # fmt: skip
         self._bar.update(1)
         done = self.report.bytes + self._tar.tarstream.offset
         self._bar.set_postfix_str(
@@ -168,6 +170,8 @@ class ShardWriter:
     def _open_shard(self) -> None:
         import webdataset as wds  # imports torch: only when writing, not for every reader
 
+        if self.tmpdir is None:
+            self.tmpdir = tempfile.mkdtemp(prefix="vlpdist-shards-")
         self._local = os.path.join(self.tmpdir, SHARD_NAME.format(len(self.shards)))
         self._file = open(self._local, "wb")  # noqa: SIM115 - closed in _close_shard
         self._tar = wds.TarWriter(
@@ -186,6 +190,11 @@ class ShardWriter:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
         size = os.path.getsize(self._local)
+        if self._replace:  # uncommit the old set (manifest first), then clear its files
+            self.storage.rm(join(self.url, INDEX))
+            for child in self.storage.ls(self.url):
+                self.storage.rm(child, recursive=True)
+            self._replace = False
         self.storage.put_file(self._local, join(self.url, name))
         os.unlink(self._local)
         self.report.bytes += size
@@ -213,7 +222,6 @@ class ShardWriter:
         try:
             if self._tar is not None:
                 self._close_shard()
-            self._bar.close()
             if not self.shards:
                 raise ShardError(
                     f"{self.url}: no sample could be written for {self.dataset}:\n"
@@ -249,5 +257,7 @@ class ShardWriter:
             self._tar.close()
             self._file.close()
             self._tar = None
-        self._bar.close()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if self._bar is not None:
+            self._bar.close()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)

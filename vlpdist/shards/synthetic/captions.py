@@ -1,0 +1,151 @@
+"""Pretraining texts written from an image's scene: captions, alt-text, generated captions.
+
+coco_like captions use the literal class, colour, size and stuff words that VQA questions
+use for the same objects, so caption pretraining teaches exactly the word-region bindings
+the downstream task needs. cc_like alt-text names one or two objects, mostly by synonyms,
+hypernyms and other colour words, and is sometimes about something the image does not
+show. ccg_like is what a CC-style captioner says about in-domain images: CC's phrasing,
+but built from the detector's view of the image, so mostly right and more literal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vlpdist.shards.synthetic import text as T
+from vlpdist.shards.synthetic.scenes import ImageScene, Obj
+from vlpdist.shards.synthetic.world import World
+
+
+def area(o: Obj) -> float:
+    return (o.box[2] - o.box[0]) * (o.box[3] - o.box[1])
+
+
+class Writer:
+    """Text generators of one world, drawing from one dataset's random stream."""
+
+    def __init__(self, world: World, rng: np.random.Generator):
+        self.w, self.rng, self.cfg = world, rng, world.cfg
+
+    # -- words and draws
+    def word(self, c: int) -> str:
+        return self.w.class_table[c][1]
+
+    def plural(self, c: int) -> str:
+        return self.w.class_table[c][2]
+
+    def hyper(self, c: int) -> str:
+        return T.SUPER_WORDS[self.w.class_table[c][0]]
+
+    def pick(self, seq):
+        seq = list(seq)
+        return seq[int(self.rng.integers(len(seq)))]
+
+    def chance(self, p: float) -> bool:
+        return bool(self.rng.random() < p)
+
+    def other_color(self, exclude: set[int]) -> int:
+        choices = [k for k in range(self.w.num_colors) if k not in exclude]
+        return self.pick(choices or range(self.w.num_colors))
+
+    def absent_class(self, sc: ImageScene) -> int:
+        present = set(sc.classes())
+        return self.pick(c for c in range(self.w.num_classes) if c not in present)
+
+    def unique_obj(self, sc: ImageScene) -> Obj:
+        """An object whose class occurs once, so 'the <class>' names it."""
+        singles = [o for o in sc.objects if sc.count(o.cls) == 1]
+        return self.pick(singles or sc.objects)
+
+    def noun_phrase(self, sc: ImageScene, c: int, p_color=0.7, p_size=0.3) -> tuple[str, bool]:
+        """'a small red dog' or 'two dogs' for the objects of class c; (phrase, is plural)."""
+        objs = [o for o in sc.objects if o.cls == c]
+        if len(objs) > 1:
+            same = len({o.color for o in objs}) == 1
+            color = f"{T.COLORS[objs[0].color]} " if same and self.chance(p_color) else ""
+            return f"{T.NUMBER_WORDS[len(objs)]} {color}{self.plural(c)}", True
+        o, words = objs[0], [self.word(c)]
+        if self.chance(p_color):
+            words.insert(0, T.COLORS[o.color])
+        if o.size != 1 and self.chance(p_size):
+            words.insert(0, T.SIZES[o.size // 2])
+        return f"{T.article(words[0])} {' '.join(words)}", False
+
+    def relation(self, a: Obj, b: Obj) -> str:
+        dx = (a.box[0] + a.box[2] - b.box[0] - b.box[2]) / 2
+        dy = (a.box[1] + a.box[3] - b.box[1] - b.box[3]) / 2
+        if max(abs(dx), abs(dy)) < 0.15:
+            return self.pick(T.RELATIONS[4:])
+        if abs(dx) >= abs(dy):
+            return T.RELATIONS[0] if dx < 0 else T.RELATIONS[1]
+        return T.RELATIONS[2] if dy < 0 else T.RELATIONS[3]  # y grows downwards
+
+    # -- coco_like: literal, several per image
+    def captions(self, sc: ImageScene, n: int) -> list[dict]:
+        out = []
+        for j in range(n):
+            classes = [int(c) for c in self.rng.permutation(sc.classes())]
+            fits = [
+                t
+                for t in T.CAPTION_TEMPLATES
+                if sum(f"{{{x}}}" in t for x in "abc") <= len(classes)
+            ]
+            nps = [self.noun_phrase(sc, c) for c in classes[:3]] + [("", False)] * 2
+            first = [next(o for o in sc.objects if o.cls == c) for c in classes[:2]]
+            text = self.pick(fits).format(
+                a=nps[0][0],
+                b=nps[1][0],
+                c=nps[2][0],
+                be="are" if nps[0][1] else "is",
+                rel=self.relation(*first) if len(first) == 2 else "",
+                stuff=T.STUFF[sc.stuff[0]],
+            )
+            out.append({"kind": "caption", "text": text, "caption_id": sc.index * 10 + j})
+        return out
+
+    # -- cc_like: one alt-text, other words, loosely aligned
+    def alt_phrase(self, c: int, color: int | None, literal_p: float) -> str:
+        if self.chance(literal_p):
+            noun = self.word(c)
+        else:
+            noun = self.pick(self.w.class_table[c][3]) if self.chance(0.7) else self.hyper(c)
+        words = [noun]
+        if color is not None and self.chance(0.3):
+            words.insert(0, T.COLORS[color] if self.chance(0.1) else T.ALT_COLORS[color])
+        if self.chance(0.5):
+            words.insert(0, self.pick(T.ALT_ADJECTIVES))
+        return f"{T.article(words[0])} {' '.join(words)}"
+
+    def alt_text(self, sc: ImageScene) -> list[dict]:
+        style, lit = self.pick(T.ALT_STYLES), self.cfg.alt_literal
+        if self.chance(0.1):
+            return [{"kind": "caption", "text": f"{style} {self.pick(T.ALT_SCENES)} ."}]
+        objs = sorted(sc.objects, key=lambda o: -area(o))
+        if self.chance(self.cfg.alt_misaligned):
+            phrase = self.alt_phrase(self.absent_class(sc), None, lit)
+        else:
+            phrase = self.alt_phrase(objs[0].cls, objs[0].color, lit)
+        if len(objs) > 1 and objs[1].cls != objs[0].cls and self.chance(0.2):
+            phrase += " and " + self.alt_phrase(objs[1].cls, objs[1].color, lit)
+        place = f" {self.pick(T.ALT_PLACES)}" if self.chance(0.6) else ""
+        return [{"kind": "caption", "text": f"{style} {phrase}{place} ."}]
+
+    # -- ccg_like: the captioner sees detections (argmax of cls_prob), not the truth
+    def generated(self, sc: ImageScene, detected: list[int]) -> list[dict]:
+        found = [
+            (o, d - 1)
+            for o, d in zip(sc.objects, detected, strict=True)
+            if 1 <= d <= self.w.num_classes
+        ]
+        found.sort(key=lambda od: -area(od[0]))
+        style = f"{self.pick(T.ALT_STYLES)} " if self.chance(0.5) else ""
+        if not found:
+            return [
+                {"kind": "caption", "text": f"{style or 'view of '}{self.pick(T.ALT_SCENES)} ."}
+            ]
+        o, c = found[0]
+        phrase = self.alt_phrase(c, o.color, 0.6)
+        if len(found) > 1 and found[1][1] != c and self.chance(0.4):
+            phrase += " and " + self.alt_phrase(found[1][1], found[1][0].color, 0.6)
+        place = f" on the {T.STUFF[sc.stuff[0]]}" if self.chance(0.3) else ""
+        return [{"kind": "caption", "text": f"{style}{phrase}{place} ."}]
