@@ -208,3 +208,31 @@ def test_cli_errors_are_one_line(s3, run_cli, tmp_path):
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     out = run_cli("shards", "verify", "s3://no-such-bucket-vlp/x")
     assert "no such bucket 'no-such-bucket-vlp'" in out.stderr
+
+
+def test_overwrite_keeps_the_new_tokenizer_and_drops_leftovers(tmp_path, minilm_dir):
+    from vlpdist.shards.tokenize import TextEncoder
+
+    url = str(tmp_path / "set")
+    enc = TextEncoder.load(minilm_dir, 16)
+    for round_ in range(2):  # the second round replaces a one-shard set
+        w = ShardWriter(Storage(), url, "unit", BuildReport(), progress=False, overwrite=True)
+        w.add(make_sample(round_))
+        m = w.commit("test", {}, enc)
+        if round_ == 0:
+            (tmp_path / "set" / "tokenizer" / "stale-vocab.txt").write_text("old")
+            (tmp_path / "set" / "000007.tar").write_bytes(b"old shard")
+    files = sorted(p.name for p in (tmp_path / "set" / "tokenizer").iterdir())
+    assert files == sorted(m["tokenizer"]["files"]) and "stale-vocab.txt" not in files
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == [
+        "000000.tar",
+        "index.json",
+        "tokenizer",
+    ]
+    assert verify(Storage(), url).ok
+
+    (tmp_path / "set" / "tokenizer" / m["tokenizer"]["files"][0]).write_text("{}")
+    problems = verify(Storage(), url).problems
+    assert problems == [f"{url}/tokenizer: tokenizer files do not match the manifest's sha256"]
+    (tmp_path / "set" / "tokenizer" / m["tokenizer"]["files"][0]).unlink()
+    assert verify(Storage(), url).problems[0].endswith(": not found")

@@ -161,3 +161,17 @@ def test_classification_of_plain_errors():
     assert classify(FileNotFoundError()) == "not_found"
     assert classify(PermissionError()) == "denied"
     assert classify(ValueError("x")) == "permanent"
+
+
+def test_cli_wrong_credentials_one_line(s3, run_cli, monkeypatch):
+    import moto.settings
+
+    Storage().write_bytes(s3.url("set", "index.json"), b"{}")
+    monkeypatch.setattr(
+        moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0
+    )  # the server is in-process
+    out = run_cli("shards", "inspect", s3.url("set"))
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "access denied" in lines[0] and "Traceback" not in out.stderr
+    assert SECRET not in out.stderr + out.stdout

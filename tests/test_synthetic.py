@@ -20,6 +20,9 @@ from vlpdist.errors import ConfigError, ShardError
 from vlpdist.shards.schema import SNLI_LABELS
 from vlpdist.shards.synthetic import DATASETS, synthesize
 from vlpdist.shards.synthetic import text as T
+from vlpdist.shards.synthetic.build import world_card
+from vlpdist.shards.synthetic.scenes import ImageScene, Obj
+from vlpdist.shards.synthetic.tasks import TaskWriter
 from vlpdist.shards.synthetic.world import World, resolve_domain
 from vlpdist.storage import Storage
 
@@ -71,6 +74,52 @@ def main_regions(sample: dict) -> list[tuple[int, dict]]:
 
 def majority(answers: list[str]) -> str:
     return Counter(answers).most_common(1)[0][0]
+
+
+def referents(text: str, card: dict, objects: list[dict]) -> list[list[dict]]:
+    """For each definite reference of a question or claim ("the large green pizza", "this
+    cup", "which food is green"), the objects of the image that its words fit. Size words
+    are categories, as in the world: "large" fits large objects, never medium ones."""
+    hyper = {c["name"]: c["hypernym"] for c in card["classes"]}
+    heads, modifiers = set(hyper) | set(hyper.values()), set(card["colors"]) | {"small", "large"}
+    w, out = text.split(), []
+    for j, det in enumerate(w):
+        if det not in ("the", "this", "which"):
+            continue
+        i = j + 1
+        while i < len(w) and w[i] in modifiers:
+            i += 1
+        if i == len(w) or w[i] not in heads:
+            continue  # "the picture", "on the grass", "is this a dog ?"
+        mods, head = w[j + 1 : i], w[i]
+        if det == "which":  # "which food is green ?": the food that is green
+            assert w[i + 1] == "is" and w[i + 2] in modifiers, text
+            mods.append(w[i + 2])
+        out.append(
+            [
+                o
+                for o in objects
+                if head in (o["class"], hyper[o["class"]])
+                and all(m in (o["color"], o["size"]) for m in mods)
+            ]
+        )
+    return out
+
+
+def may_name_nothing(t: dict) -> bool:
+    """A false claim, or a question about something the photo missed."""
+    return t.get("label") == "contradiction" or t.get("answerable") is False
+
+
+def truth_of(text: str, obj: dict) -> str | None:
+    """What a question about one object must be answered, from the object; None if not asked."""
+    if text.startswith(("what color is the ", "what color is this ")):
+        return obj["color"]
+    if text.startswith(("what is the ", "which ")):
+        return obj["class"]
+    if text.startswith("is the "):
+        return "yes" if text.split()[-2] in (obj["color"], obj["size"]) else "no"
+    return None
 
 
 # ---------------------------------------------------------------- configs
@@ -267,6 +316,78 @@ def test_vqa_answers_and_types(world):
     )
     down = read_samples(root / "shards" / "vqa_train")[0]["meta"]["texts"][0]
     assert down["multiple_choice_answer"] == majority(down["answers"])
+
+
+def test_definite_references_name_one_object(world):
+    """'what color is the pizza ?' beside a green and a brown pizza has no truth, only a
+    coin flip no model can learn. Every "the/this <ref>" fits one object of its image (a
+    false claim or a question about what the photo missed may fit none), and the majority
+    answer is that object's."""
+    root, _, _ = world
+    card = json.loads((root / "world.json").read_text())
+    checked, follows = Counter(), []
+    for name in ("vqa_p", "vqa_train", "vqa_val", "vizwiz_train", "vizwiz_val",
+                 "snli_ve_train", "snli_ve_val"):  # fmt: skip
+        for s in read_samples(root / "shards" / name):
+            objects = s["meta"]["world_truth"]["objects"]
+            for t in s["meta"]["texts"]:
+                for fit in referents(t["text"], card, objects):
+                    assert len(fit) == 1 or (may_name_nothing(t) and not fit), (name, t, objects)
+                    checked[name.split("_")[0]] += 1
+                    if fit and name.startswith("vqa") and truth_of(t["text"], fit[0]):
+                        follows.append(majority(t["answers"]) == truth_of(t["text"], fit[0]))
+    assert checked["vqa"] > 100 and checked["snli"] > 30 and checked["vizwiz"] > 0
+    assert len(follows) > 100 and np.mean(follows) > 0.9
+
+
+def test_look_alike_objects_are_named_apart_or_not_asked():
+    """Hand-made scenes: two pizzas that differ only in colour (the demo's coco_000001),
+    two that differ in size too, and twins alike in every word."""
+    cfg = load(Config, TINY).synth
+    w = World(cfg)
+    card = world_card(w, {}, 0)
+    pizza = next(c for c, row in enumerate(w.class_table) if row[1] == "pizza")
+    box, sizes = (0.1, 0.1, 0.5, 0.5), ("small", "medium", "large")
+    scenes = {
+        "colours": [Obj(pizza, 4, 1, box), Obj(pizza, 3, 1, box), Obj(0, 0, 2, box)],
+        "sizes": [Obj(pizza, 4, 2, box), Obj(pizza, 3, 1, box)],
+        "twins": [Obj(pizza, 4, 1, box), Obj(pizza, 4, 1, box)],
+    }
+    for name, objs in scenes.items():
+        sc = ImageScene(0, objs, [0], 0.0, [], [])
+        truth = [{"class": w.class_table[o.cls][1], "color": T.COLORS[o.color],
+                  "size": sizes[o.size]} for o in objs]  # fmt: skip
+        writer = TaskWriter(w, np.random.default_rng(0))
+        texts = []
+        for _ in range(100):
+            drawn = [writer.vqa(sc, cfg.questions_per_image), writer.vizwiz(sc)]
+            drawn += [writer.hypotheses(sc, cfg.hypotheses_per_image), writer.captions(sc, 5)]
+            for group in drawn:
+                assert len({t["text"] for t in group}) == len(group) >= 1, (name, group)
+                for t in group:
+                    texts.append(t["text"])
+                    for fit in referents(t["text"], card, truth):
+                        assert len(fit) == 1 or (may_name_nothing(t) and not fit), (name, t)
+        if name == "sizes":  # size tells them apart: "what color is the large pizza ?"
+            assert any("the large pizza" in t for t in texts)
+        if name == "twins":  # bounded: "two pizzas" or "two green pizzas" in one-noun templates
+            one_noun = sum("{b}" not in t for t in T.CAPTION_TEMPLATES)
+            assert len(writer.captions(sc, 4 * one_noun)) == 2 * one_noun
+
+
+def test_texts_of_an_image_are_distinct(world):
+    """No caption, question or claim twice on one image (COCO's five captions are five)."""
+    root, _, _ = world
+    cfg = load(Config, TINY).synth
+    for name in DATASETS:
+        for s in read_samples(root / "shards" / name):
+            texts = [t["text"] for t in s["meta"]["texts"]]
+            assert len(set(texts)) == len(texts), (name, s["key"], texts)
+    want = {"coco_like": cfg.captions_per_image, "vqa_train": cfg.questions_per_image,
+            "vqa_p": cfg.questions_per_image, "snli_ve_train": cfg.hypotheses_per_image}  # fmt: skip
+    for name, n in want.items():  # an image gets fewer only where its templates allow no more
+        full = [len(s["meta"]["texts"]) == n for s in read_samples(root / "shards" / name)]
+        assert np.mean(full) > 0.95, name
 
 
 def test_vizwiz_has_unanswerable_questions(world):

@@ -87,11 +87,13 @@ class SynthConfig:
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     """Per-domain overrides of the built-in looks (coco, web, flickr, blind, poster)."""
     captions_per_image: int = 5
-    """Literal captions per coco_like image (COCO has 5)."""
+    """Literal captions per coco_like image (COCO has 5), all distinct; an image whose
+    templates allow fewer distinct ones gets fewer."""
     questions_per_image: int = 3
-    """Questions per image in vqa_p / vqa_train / vqa_val (VizWiz always has 1)."""
+    """Distinct questions per image in vqa_p / vqa_train / vqa_val (VizWiz always has 1);
+    fewer for the rare image that allows no more."""
     hypotheses_per_image: int = 3
-    """SNLI-VE-like hypotheses per image; labels are balanced per image."""
+    """Distinct SNLI-VE-like hypotheses per image; labels are balanced per image."""
     answer_agreement: float = 0.85
     """Mean share of the 10 annotators who give the true answer; the rest disagree."""
     alt_literal: float = 0.2

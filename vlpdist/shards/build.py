@@ -59,8 +59,7 @@ def build(
         for sample, where in sdef.samples(ctx):
             writer.add(sample, where)
         report.truncated_texts = encoder.truncated
-        tokenizer = encoder.save(storage, out_url)
-        return writer.commit(recipe.source, to_dict(recipe, redact=True), tokenizer, extra=extra)
+        return writer.commit(recipe.source, to_dict(recipe, redact=True), encoder, extra=extra)
     except BaseException as e:
         # commit's "nothing could be written" error already carries the summary
         summary_in_error = isinstance(e, ShardError) and report.written == 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from vlpdist.errors import ShardError, StorageError
 from vlpdist.shards import schema
 from vlpdist.shards.schema import INDEX
+from vlpdist.shards.tokenize import files_digest
 from vlpdist.storage import Storage, join
 
 REQUIRED = ("format", "version", "dataset", "feature_dim", "num_samples", "shards")
@@ -127,6 +128,7 @@ def verify(storage: Storage, url: str) -> VerifyReport:
         problems = _verify_shard(storage, shard_url, shard, manifest, report)
         report.problems.extend(f"{shard_url}: {p}" for p in problems)
         report.shards += 1
+    report.problems.extend(_verify_tokenizer(storage, url, manifest.get("tokenizer")))
     if report.samples != manifest["num_samples"] and report.ok:
         report.problems.append(
             f"{url}: {report.samples} samples != manifest {manifest['num_samples']}"
@@ -174,6 +176,22 @@ def _verify_shard(
     if hashing.sha.hexdigest() != shard["sha256"]:
         problems.append("sha256 mismatch (the shard was modified or corrupted)")
     return problems
+
+
+def _verify_tokenizer(storage: Storage, url: str, tok: dict | None) -> list[str]:
+    """The token ids in the shards are only meaningful with the exact vocabulary."""
+    if not tok:
+        return []
+    tok_url = join(url, tok["path"])
+    named = []
+    for name in tok["files"]:
+        try:
+            named.append((name, storage.read_bytes(join(tok_url, name))))
+        except StorageError as e:
+            return [str(e)]
+    if files_digest(named) != tok["sha256"]:
+        return [f"{tok_url}: tokenizer files do not match the manifest's sha256"]
+    return []
 
 
 def _check_decoded(key: str, members: dict[str, bytes], manifest: dict) -> str | None:

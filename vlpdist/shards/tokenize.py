@@ -17,6 +17,14 @@ from vlpdist.storage import Storage, join
 TOKENIZER_DIR = "tokenizer"
 
 
+def files_digest(named: list[tuple[str, bytes]]) -> str:
+    """The manifest's tokenizer hash: sha256 over (name, NUL, content) in name order."""
+    digest = hashlib.sha256()
+    for name, data in sorted(named):
+        digest.update(name.encode() + b"\0" + data)
+    return digest.hexdigest()
+
+
 class TextEncoder:
     """Wraps a transformers tokenizer; ids carry no special tokens ([CLS]/[SEP] are the
     loader's business, it also packs question + answer pairs)."""
@@ -49,21 +57,19 @@ class TextEncoder:
 
     def save(self, storage: Storage, dataset_url: str) -> dict:
         """Copy the tokenizer files next to the shards; the manifest's `tokenizer` entry."""
-        digest = hashlib.sha256()
-        files = []
+        named = []
         with tempfile.TemporaryDirectory() as tmp:
             self.tok.save_pretrained(tmp)
             for name in sorted(os.listdir(tmp)):
                 path = os.path.join(tmp, name)
                 with open(path, "rb") as f:
-                    digest.update(name.encode() + b"\0" + f.read())
+                    named.append((name, f.read()))
                 storage.put_file(path, join(dataset_url, TOKENIZER_DIR, name))
-                files.append(name)
         return {
             "name": self.name,
             "path": TOKENIZER_DIR,
-            "files": files,
-            "sha256": digest.hexdigest(),
+            "files": [n for n, _ in named],
+            "sha256": files_digest(named),
             "vocab_size": len(self.tok),
             "lowercase": bool(getattr(self.tok, "do_lower_case", False)),
             "max_tokens": self.max_tokens,

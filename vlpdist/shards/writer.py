@@ -27,6 +27,7 @@ from vlpdist import __version__
 from vlpdist.errors import ShardError
 from vlpdist.shards import schema
 from vlpdist.shards.schema import INDEX
+from vlpdist.shards.tokenize import TextEncoder
 from vlpdist.storage import Storage, join
 
 SHARD_NAME = "{:06d}.tar"
@@ -121,6 +122,7 @@ class ShardWriter:
         # cleared right before the first new shard lands, so a rebuild that fails early
         # leaves it intact.
         self._replace = storage.exists(index_url)
+        self._leftovers: list[str] | None = None  # the old set's files, once uncommitted
         if self._replace and not overwrite:
             raise ShardError(
                 f"{index_url}: a shard set already exists here; use --overwrite to replace it"
@@ -190,11 +192,7 @@ class ShardWriter:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
         size = os.path.getsize(self._local)
-        if self._replace:  # uncommit the old set (manifest first), then clear its files
-            self.storage.rm(join(self.url, INDEX))
-            for child in self.storage.ls(self.url):
-                self.storage.rm(child, recursive=True)
-            self._replace = False
+        self._uncommit_old()
         self.storage.put_file(self._local, join(self.url, name))
         os.unlink(self._local)
         self.report.bytes += size
@@ -213,12 +211,14 @@ class ShardWriter:
         self,
         source: str,
         recipe: dict,
-        tokenizer: dict | None,
+        tokenizer: TextEncoder | None,
         *,
         synthetic: bool = False,
         extra: dict | None = None,
     ) -> dict:
-        """Upload the last shard, then write index.json: from here on the set exists."""
+        """Upload the last shard and the tokenizer, then write index.json: from here on the
+        set exists. The writer makes every write into the set's directory, so replacing an
+        old set is ordered: uncommit it, write the new files over it, commit, drop leftovers."""
         try:
             if self._tar is not None:
                 self._close_shard()
@@ -227,6 +227,8 @@ class ShardWriter:
                     f"{self.url}: no sample could be written for {self.dataset}:\n"
                     + self.report.summary(self.dataset)
                 )
+            self._uncommit_old()
+            tok_info = tokenizer.save(self.storage, self.url) if tokenizer is not None else None
             manifest = {
                 "format": schema.FORMAT,
                 "version": schema.VERSION,
@@ -240,16 +242,38 @@ class ShardWriter:
                 "num_samples": sum(s["num_samples"] for s in self.shards),
                 "num_texts": self.report.texts,
                 "total_bytes": sum(s["bytes"] for s in self.shards),
-                "tokenizer": tokenizer,
+                "tokenizer": tok_info,
                 "recipe": recipe,
                 "build_report": self.report.to_dict(),
                 "extra": extra or {},
                 "shards": self.shards,
             }
             self.storage.write_text(join(self.url, INDEX), json.dumps(manifest, indent=1))
+            self._drop_leftovers(tok_info)
             return manifest
         finally:
             self.abort()
+
+    def _uncommit_old(self) -> None:
+        """Before the first write over an old set: remove its manifest, so that from now on
+        nobody reads it as complete. Its files are overwritten or dropped at commit."""
+        if self._replace and self._leftovers is None:
+            self.storage.rm(join(self.url, INDEX))
+            self._leftovers = self.storage.ls(self.url)
+
+    def _drop_leftovers(self, tok_info: dict | None) -> None:
+        """Delete what the old set had and the new one does not (extra shards, old
+        tokenizer files)."""
+        keep = {s["name"] for s in self.shards} | {INDEX}
+        tok_dir = tok_info["path"] if tok_info else None
+        for child in self._leftovers or []:
+            name = child.rsplit("/", 1)[-1]
+            if name == tok_dir:
+                for f in self.storage.ls(child):
+                    if f.rsplit("/", 1)[-1] not in tok_info["files"]:
+                        self.storage.rm(f, recursive=True)
+            elif name not in keep:
+                self.storage.rm(child, recursive=True)
 
     def abort(self) -> None:
         """Drop local temporaries (shards already uploaded stay uncommitted: no index.json)."""

@@ -187,13 +187,12 @@ def build_pool(world, storage, out_url, pool, names, sizes, tok, card, overwrite
                         out.write(sc, i, image)
         manifests = {}
         for out in outs:
-            tokenizer = out.encoder.save(storage, out.url)
             out.report.truncated_texts = out.encoder.truncated
             out.report.notes.append(NOTICE)
             manifests[out.name] = out.writer.commit(
                 "synthetic",
                 {"synth": to_dict(world.cfg), "dataset": out.name},
-                tokenizer,
+                out.encoder,
                 synthetic=True,
                 extra={"world_card": card, "dataset": card["datasets"][out.name]},
             )

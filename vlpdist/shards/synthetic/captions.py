@@ -6,15 +6,25 @@ the downstream task needs. cc_like alt-text names one or two objects, mostly by 
 hypernyms and other colour words, and is sometimes about something the image does not
 show. ccg_like is what a CC-style captioner says about in-domain images: CC's phrasing,
 but built from the detector's view of the image, so mostly right and more literal.
+
+The texts of one image are distinct (`Writer.distinct`), and a definite reference ("the
+large pizza") names exactly one object of its image (`Writer.describe`), so every label
+drawn from the scene is well-defined: the only noise is the annotators'.
 """
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from vlpdist.shards.synthetic import text as T
 from vlpdist.shards.synthetic.scenes import ImageScene, Obj
 from vlpdist.shards.synthetic.world import World
+
+TRIES = 10  # draws per text before a slot gives up on finding one unlike the image's others
 
 
 def area(o: Obj) -> float:
@@ -52,10 +62,60 @@ class Writer:
         present = set(sc.classes())
         return self.pick(c for c in range(self.w.num_classes) if c not in present)
 
-    def unique_obj(self, sc: ImageScene) -> Obj:
-        """An object whose class occurs once, so 'the <class>' names it."""
-        singles = [o for o in sc.objects if sc.count(o.cls) == 1]
-        return self.pick(singles or sc.objects)
+    def distinct(
+        self, n: int, plan: Callable[[int], Any], draw: Callable[[Any], dict | None]
+    ) -> list[dict]:
+        """Up to n texts of one image, no two alike. Slot j draws its plan once (an answer
+        type, a label), then up to TRIES texts under it, so rejecting repeats keeps the
+        plans' mix; a slot that finds nothing new gets a fresh plan, and after 4n slots the
+        image keeps fewer than n texts (its templates allow no more): bounded, never stuck.
+        `draw` returns a record with a "text", or None where the plan fits no object."""
+        out: list[dict] = []
+        seen: set[str] = set()
+        for _ in range(4 * n):
+            if len(out) == n:
+                break
+            p = plan(len(out))
+            for _ in range(TRIES):
+                t = draw(p)
+                if t is not None and t["text"] not in seen:
+                    seen.add(t["text"])
+                    out.append(t)
+                    break
+        return out
+
+    # -- referring to one object: the words must fit it and nothing else in the image
+    def attr(self, o: Obj, key: str):
+        return {"cls": o.cls, "super": self.hyper(o.cls), "color": o.color, "size": o.size}[key]
+
+    def describe(
+        self, sc: ImageScene, o: Obj, keys: tuple[str, ...], optional=("size",)
+    ) -> tuple[str, ...] | None:
+        """The attributes that name o: `keys` plus the fewest of `optional` that leave no
+        other object of the image fitting the words, or None when none do (two pizzas that
+        differ only in colour cannot be asked about by colour). Size words are categories:
+        "large" fits large objects only, and medium has no word."""
+        usable = [k for k in optional if k != "size" or o.size != 1]
+        for r in range(len(usable) + 1):
+            for extra in itertools.combinations(usable, r):
+                ks = (*keys, *extra)
+                fits = [
+                    x for x in sc.objects if all(self.attr(x, k) == self.attr(o, k) for k in ks)
+                ]
+                if len(fits) == 1:
+                    return ks
+        return None
+
+    def named(self, sc: ImageScene, keys: tuple[str, ...], optional=("size",)) -> list:
+        """(object, attributes naming it) for each object some description picks out alone."""
+        found = [(o, self.describe(sc, o, keys, optional)) for o in sc.objects]
+        return [(o, ks) for o, ks in found if ks is not None]
+
+    def phrase(self, o: Obj, keys: tuple[str, ...]) -> str:
+        """'large green pizza', 'green food': o in the words of `keys`, in English order."""
+        words = [T.SIZES[o.size // 2]] if "size" in keys else []
+        words += [T.COLORS[o.color]] if "color" in keys else []
+        return " ".join([*words, self.word(o.cls) if "cls" in keys else self.hyper(o.cls)])
 
     def noun_phrase(self, sc: ImageScene, c: int, p_color=0.7, p_size=0.3) -> tuple[str, bool]:
         """'a small red dog' or 'two dogs' for the objects of class c; (phrase, is plural)."""
@@ -82,26 +142,27 @@ class Writer:
 
     # -- coco_like: literal, several per image
     def captions(self, sc: ImageScene, n: int) -> list[dict]:
-        out = []
-        for j in range(n):
-            classes = [int(c) for c in self.rng.permutation(sc.classes())]
-            fits = [
-                t
-                for t in T.CAPTION_TEMPLATES
-                if sum(f"{{{x}}}" in t for x in "abc") <= len(classes)
-            ]
-            nps = [self.noun_phrase(sc, c) for c in classes[:3]] + [("", False)] * 2
-            first = [next(o for o in sc.objects if o.cls == c) for c in classes[:2]]
-            text = self.pick(fits).format(
-                a=nps[0][0],
-                b=nps[1][0],
-                c=nps[2][0],
-                be="are" if nps[0][1] else "is",
-                rel=self.relation(*first) if len(first) == 2 else "",
-                stuff=T.STUFF[sc.stuff[0]],
-            )
-            out.append({"kind": "caption", "text": text, "caption_id": sc.index * 10 + j})
-        return out
+        texts = self.distinct(n, lambda j: None, lambda _: {"text": self.caption(sc)})
+        return [
+            {"kind": "caption", "text": t["text"], "caption_id": sc.index * 10 + j}
+            for j, t in enumerate(texts)
+        ]
+
+    def caption(self, sc: ImageScene) -> str:
+        classes = [int(c) for c in self.rng.permutation(sc.classes())]
+        fits = [
+            t for t in T.CAPTION_TEMPLATES if sum(f"{{{x}}}" in t for x in "abc") <= len(classes)
+        ]
+        nps = [self.noun_phrase(sc, c) for c in classes[:3]] + [("", False)] * 2
+        first = [next(o for o in sc.objects if o.cls == c) for c in classes[:2]]
+        return self.pick(fits).format(
+            a=nps[0][0],
+            b=nps[1][0],
+            c=nps[2][0],
+            be="are" if nps[0][1] else "is",
+            rel=self.relation(*first) if len(first) == 2 else "",
+            stuff=T.STUFF[sc.stuff[0]],
+        )
 
     # -- cc_like: one alt-text, other words, loosely aligned
     def alt_phrase(self, c: int, color: int | None, literal_p: float) -> str:

@@ -5,7 +5,10 @@ yes/no is 50/50, counts are drawn by a target answer, "no" answers are hard nega
 (a colour present elsewhere in the image, a class present in another colour), SNLI-VE
 labels are balanced per image and predicates appear under more than one label. Ten
 annotators answer each question; each agrees with the truth at a per-question rate, the
-others confuse neighbouring colours, counts off by one, siblings and hypernyms.
+others confuse neighbouring colours, counts off by one, siblings and hypernyms. That is
+the only noise: "the <ref>" in a question or claim fits exactly one object of its image
+(a contradiction may name none), so every truth is well-defined, and the questions (claims)
+of one image are distinct.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from collections import Counter
 from vlpdist.shards.schema import SNLI_LABELS
 from vlpdist.shards.synthetic import text as T
 from vlpdist.shards.synthetic.captions import Writer, area
-from vlpdist.shards.synthetic.scenes import ImageScene
+from vlpdist.shards.synthetic.scenes import ImageScene, Obj
 
 ANSWER_TYPE_P = {"yes/no": 0.38, "number": 0.12, "other": 0.5}  # VQA v2's shares
 COUNT_TARGET_P = (0.1, 0.35, 0.3, 0.15, 0.1)  # answers 0..4
 BLUR_UNANSWERABLE = 0.6  # VizWiz images blurrier than this cannot be answered
 H = T.HYPOTHESIS_TEMPLATES
+REF_KEYS = {"color": ("cls",), "place": ("cls", "color")}  # what names a claim's object
 
 
 class TaskWriter(Writer):
@@ -62,19 +66,27 @@ class TaskWriter(Writer):
 
     # -- VQA-like
     def vqa(self, sc: ImageScene, n: int) -> list[dict]:
+        ask = {"number": self.ask_number, "other": self.ask_other}
+
+        def plan(_):  # the answer type, and for yes/no the answer, before the question
+            return self.pick_weighted(ANSWER_TYPE_P), self.chance(0.5)
+
+        def draw(p):
+            atype, yes = p
+            asked = self.ask_yesno(sc, yes) if atype == "yes/no" else ask[atype](sc)
+            if asked is None:
+                return None
+            return {"text": asked[0], "truth": asked[1], "answer_type": atype}
+
         out = []
-        for j in range(n):
-            atype = self.pick_weighted(ANSWER_TYPE_P)
-            ask = {"yes/no": self.ask_yesno, "number": self.ask_number, "other": self.ask_other}
-            text, truth, ambiguous = ask[atype](sc)
-            answers = self.answers(truth, atype, ambiguous)
+        for j, q in enumerate(self.distinct(n, plan, draw)):
             out.append(
                 {
                     "kind": "question",
-                    "text": text,
+                    "text": q["text"],
                     "question_id": sc.index * 10 + j,
-                    "answers": answers,
-                    "answer_type": atype,
+                    "answers": self.answers(q["truth"], q["answer_type"]),
+                    "answer_type": q["answer_type"],
                 }
             )
         return out
@@ -83,33 +95,43 @@ class TaskWriter(Writer):
         keys = list(table)
         return keys[int(self.rng.choice(len(keys), p=list(table.values())))]
 
-    def ask_yesno(self, sc: ImageScene):
-        yes = self.chance(0.5)
+    def ask_yesno(self, sc: ImageScene, yes: bool):
         truth = "yes" if yes else "no"
         form = self.pick(["exists_attr", "exists_attr", "exists", "is_color", "is_size"])
-        o = self.unique_obj(sc) if form in ("is_color", "is_size") else self.pick(sc.objects)
-        if form == "is_size" and o.size == 1:  # medium has no word
+        # "is the <ref> ...": only of an object that some words fit alone, else another form
+        if form == "is_size":  # of a small or large object (medium has no word), named by
+            # class and, where that is not enough, by colour: the size is what is asked
+            sized = [(o, ks) for o, ks in self.named(sc, ("cls",), ("color",)) if o.size != 1]
+            if sized:
+                o, ks = self.pick(sized)
+                size = T.SIZES[o.size // 2 if yes else 1 - o.size // 2]
+                return T.VQA_TEMPLATES[form].format(ref=self.phrase(o, ks), size=size), truth
             form = "is_color"
-        tpl = T.VQA_TEMPLATES[form]
+        if form == "is_color":
+            named = self.named(sc, ("cls",))
+            if named:
+                o, ks = self.pick(named)
+                color = T.COLORS[o.color if yes else self.other_color({o.color})]
+                return T.VQA_TEMPLATES[form].format(ref=self.phrase(o, ks), color=color), truth
+            form = "exists_attr"
         if form == "exists":
             c = self.pick(sc.classes()) if yes else self.absent_class(sc)
-            return tpl.format(a=T.article(self.word(c)), cls=self.word(c)), truth, ()
-        if form == "is_size":
-            size = T.SIZES[o.size // 2 if yes else 1 - o.size // 2]
-            return tpl.format(cls=self.word(o.cls), size=size), truth, ()
+            return T.VQA_TEMPLATES[form].format(a=T.article(self.word(c)), cls=self.word(c)), truth
+        o = self.pick(sc.objects)
         c, color = o.cls, o.color
-        if not yes and form == "exists_attr" and self.chance(0.5):
+        if not yes and self.chance(0.5):
             c = self.absent_class(sc)  # a colour that is here, on a class that is not
         elif not yes:  # a colour this class does not have here
             color = self.other_color({x.color for x in sc.objects if x.cls == c})
         cw = T.COLORS[color]
-        return tpl.format(a=T.article(cw), color=cw, cls=self.word(c)), truth, ()
+        text = T.VQA_TEMPLATES["exists_attr"].format(a=T.article(cw), color=cw, cls=self.word(c))
+        return text, truth
 
     def ask_number(self, sc: ImageScene):
         target = int(self.rng.choice(5, p=COUNT_TARGET_P))
         if target == 0:
             c = self.absent_class(sc)
-            return T.VQA_TEMPLATES["count"].format(plural=self.plural(c)), "0", ()
+            return T.VQA_TEMPLATES["count"].format(plural=self.plural(c)), "0"
         if self.chance(0.3):  # objects of one class and one colour
             pairs = Counter((o.cls, o.color) for o in sc.objects)
             (c, color), k = min(
@@ -118,34 +140,29 @@ class TaskWriter(Writer):
             text = T.VQA_TEMPLATES["count_color"].format(
                 color=T.COLORS[color], plural=self.plural(c)
             )
-            return text, str(k), ()
+            return text, str(k)
         counts = Counter(o.cls for o in sc.objects)
         c, k = min(counts.items(), key=lambda kv: (abs(kv[1] - target), self.rng.random()))
-        return T.VQA_TEMPLATES["count"].format(plural=self.plural(c)), str(k), ()
+        return T.VQA_TEMPLATES["count"].format(plural=self.plural(c)), str(k)
 
     def ask_other(self, sc: ImageScene):
+        """A colour asked of an object named by class, or a class asked of an object named
+        by colour and superclass; None when no object of the image can be named alone."""
         form = self.pick(["what_color", "what_color", "which_super", "what_is_color"])
-        if form != "what_color":  # name the object by its colour and superclass
-            unique = [
-                x
-                for x in sc.objects
-                if sum(
-                    y.color == x.color and self.hyper(y.cls) == self.hyper(x.cls)
-                    for y in sc.objects
-                )
-                == 1
-            ]
-            if unique:
-                x = self.pick(unique)
-                text = T.VQA_TEMPLATES[form].format(
-                    super=self.hyper(x.cls), color=T.COLORS[x.color]
-                )
-                return text, self.word(x.cls), ()
-        o = self.unique_obj(sc)
-        others = sorted(
-            {T.COLORS[x.color] for x in sc.objects if x.cls == o.cls} - {T.COLORS[o.color]}
-        )
-        return T.VQA_TEMPLATES["what_color"].format(cls=self.word(o.cls)), T.COLORS[o.color], others
+        by_class = self.named(sc, ("cls",))
+        by_color = self.named(sc, ("super", "color"))
+        if not by_class and not by_color:
+            return None
+        if (form == "what_color" and by_class) or not by_color:
+            o, ks = self.pick(by_class)
+            return T.VQA_TEMPLATES["what_color"].format(ref=self.phrase(o, ks)), T.COLORS[o.color]
+        if form == "what_color":  # no class names one object alone: ask by colour instead
+            form = self.pick(["which_super", "what_is_color"])
+        o, ks = self.pick(by_color)
+        if form == "which_super":  # "which food is green ?": the colour moves to the predicate
+            ref = self.phrase(o, tuple(k for k in ks if k != "color"))
+            return T.VQA_TEMPLATES[form].format(ref=ref, color=T.COLORS[o.color]), self.word(o.cls)
+        return T.VQA_TEMPLATES[form].format(ref=self.phrase(o, ks)), self.word(o.cls)
 
     # -- VizWiz-like: one question per degraded image; blurred or off-target means unanswerable
     def vizwiz(self, sc: ImageScene) -> list[dict]:
@@ -156,11 +173,18 @@ class TaskWriter(Writer):
         if off_target:  # asks about something the photo missed
             form, answerable = "what_color", False
         c = self.absent_class(sc) if off_target else big.cls
+        ref = self.word(c)  # off target, "this <class>" names nothing in the photo
+        if form == "what_color" and not off_target:
+            ks = self.describe(sc, big, ("cls",))
+            if ks is None:  # "this pizza" beside a pizza of another colour: ask what it is
+                form = "what"
+            else:
+                ref = self.phrase(big, ks)
         if form == "what":
             text = T.VIZWIZ_TEMPLATES[self.pick(["what_this", "tell_me"])]
             truth, atype = self.word(c), "other"
         elif form == "what_color":
-            text = T.VIZWIZ_TEMPLATES["what_color"].format(cls=self.word(c))
+            text = T.VIZWIZ_TEMPLATES["what_color"].format(ref=ref)
             truth, atype = T.COLORS[big.color], "other"
         elif form == "is_this":
             yes = self.chance(0.5)
@@ -195,47 +219,61 @@ class TaskWriter(Writer):
     # -- SNLI-VE-like: a claim about the image, true, false, or extended by something unseeable
     def hypotheses(self, sc: ImageScene, n: int) -> list[dict]:
         offset = int(self.rng.integers(3))
-        out = []
-        for j in range(n):
-            label = SNLI_LABELS[(offset + j) % 3]
-            text = self.claim(sc, label)
-            out.append(
-                {"kind": "hypothesis", "text": text, "pair_id": sc.index * 10 + j, "label": label}
-            )
-        return out
+        texts = self.distinct(
+            n,
+            lambda j: SNLI_LABELS[(offset + j) % 3],
+            lambda label: {"text": self.claim(sc, label), "label": label},
+        )
+        return [
+            {
+                "kind": "hypothesis",
+                "text": t["text"],
+                "pair_id": sc.index * 10 + j,
+                "label": t["label"],
+            }
+            for j, t in enumerate(texts)
+        ]
 
     def claim(self, sc: ImageScene, label: str) -> str:
-        o = self.pick(sc.objects)
+        """A claim with the label; "the <ref> ..." fits one object of the image, or, in a
+        contradiction, none ("the purple dog is sleeping" where no dog is purple)."""
+        if label == "neutral":  # true as far as the image goes, plus what no image shows
+            o, pred = self.pick(sc.objects), self.pick(T.PREDICATES)
+            ks = self.describe(sc, o, ("cls", "color"))
+            if ks is None or (sc.count(o.cls) > 1 and self.chance(0.5)):
+                return H["pred_plural"].format(
+                    number=T.NUMBER_WORDS[sc.count(o.cls)], plural=self.plural(o.cls), pred=pred[1]
+                )
+            return H["pred"].format(ref=self.phrase(o, ks), pred=pred[0])
+        forms = ["exists", "count", "color", "place"]
+        form = self.pick(forms if label == "entailment" else [*forms, "pred"])
+        # the object first where the form names it: only one that some words pick out alone
+        named = self.named(sc, REF_KEYS[form]) if form in REF_KEYS else []
+        o, ks = self.pick(named) if named else (self.pick(sc.objects), None)
+        form = "exists" if form in REF_KEYS and ks is None else form
         c, color, k, ground = o.cls, o.color, sc.count(o.cls), sc.stuff[0]
+        if label == "entailment":
+            return self.say(form, o, ks, color, k, ground)
         wrong_color = self.other_color({x.color for x in sc.objects if x.cls == c})
         elsewhere = self.pick(s for s in range(T.GROUND_STUFF) if s != ground)
-        if label == "entailment":
-            form = self.pick(["exists", "count", "color", "place"])
-            return self.say(form, c, color, k, stuff=ground)
-        if label == "neutral":  # true as far as the image goes, plus what no image shows
-            pred = self.pick(T.PREDICATES)
-            if k > 1 and self.chance(0.5):
-                return H["pred_plural"].format(
-                    number=T.NUMBER_WORDS[k], plural=self.plural(c), pred=pred[1]
-                )
-            return H["pred"].format(color=T.COLORS[color], cls=self.word(c), pred=pred[0])
-        form = self.pick(["exists", "count", "color", "place", "pred"])
         if form == "pred":
             pred = self.pick(T.PREDICATES)[0]
-            return H["pred"].format(color=T.COLORS[wrong_color], cls=self.word(c), pred=pred)
+            return H["pred"].format(ref=f"{T.COLORS[wrong_color]} {self.word(c)}", pred=pred)
         wrong_k = k - 1 if k >= 3 and self.chance(0.5) else k + 1 + int(self.rng.integers(2))
-        return self.say(form, c, color if form == "place" else wrong_color, wrong_k, elsewhere)
+        return self.say(form, o, ks, color if form == "place" else wrong_color, wrong_k, elsewhere)
 
-    def say(self, form: str, c: int, color: int, k: int, stuff: int) -> str:
+    def say(self, form: str, o: Obj, ks, color: int, k: int, stuff: int) -> str:
+        """The claim of `form` about o (named by the attributes ks), with the colour, count
+        and ground given, whether true or not."""
         cw = T.COLORS[color]
         if form == "count" and k >= 2:
-            return H["count"].format(number=T.NUMBER_WORDS[k], plural=self.plural(c))
+            return H["count"].format(number=T.NUMBER_WORDS[k], plural=self.plural(o.cls))
         if form == "color":
-            return H["color"].format(cls=self.word(c), color=cw)
+            return H["color"].format(ref=self.phrase(o, ks), color=cw)
         if form == "place":
             pred = "is " + T.VISUAL_PREDICATE.format(stuff=T.STUFF[stuff])
-            return H["pred"].format(color=cw, cls=self.word(c), pred=pred)
-        return H["exists"].format(a=T.article(cw), color=cw, cls=self.word(c))
+            return H["pred"].format(ref=self.phrase(o, ks), pred=pred)
+        return H["exists"].format(a=T.article(cw), color=cw, cls=self.word(o.cls))
 
     # -- MM-IMDB-like: a plot; each genre shows in it, in the poster's objects, or both
     def plot(self, sc: ImageScene) -> list[dict]:

@@ -92,6 +92,7 @@ CAPTION_TEMPLATES = (
     "{a} , {b} and {c} .",
     "{a} on the {stuff} .",
     "a picture of {a} .",
+    "a photo of {a} .",
     "a view of {a} on the {stuff} .",
 )
 ALT_STYLES = (
@@ -119,21 +120,23 @@ ALT_SCENES = ("the city skyline", "the mountains at sunset", "the festival crowd
 
 YESNO = ("yes", "no")
 UNANSWERABLE, UNSUITABLE = "unanswerable", "unsuitable"
+# {ref} is a definite description ("pizza", "large pizza", "green food") that fits exactly
+# one object of the image; see captions.Writer.describe.
 VQA_TEMPLATES = {
     "exists_attr": "is there {a} {color} {cls} ?",
     "exists": "is there {a} {cls} in the picture ?",
-    "is_color": "is the {cls} {color} ?",
-    "is_size": "is the {cls} {size} ?",
+    "is_color": "is the {ref} {color} ?",
+    "is_size": "is the {ref} {size} ?",
     "count": "how many {plural} are there ?",
     "count_color": "how many {color} {plural} are in the picture ?",
-    "what_color": "what color is the {cls} ?",
-    "which_super": "which {super} is {color} ?",
-    "what_is_color": "what is the {color} {super} ?",
+    "what_color": "what color is the {ref} ?",
+    "which_super": "which {ref} is {color} ?",
+    "what_is_color": "what is the {ref} ?",
 }
 VIZWIZ_TEMPLATES = {
     "what_this": "what is this ?",
     "tell_me": "can you tell me what this is ?",
-    "what_color": "what color is this {cls} ?",
+    "what_color": "what color is this {ref} ?",
     "is_this": "is this {a} {cls} ?",
     "count": "how many {plural} are there ?",
 }
@@ -153,8 +156,8 @@ VISUAL_PREDICATE = "on the {stuff}"
 HYPOTHESIS_TEMPLATES = {
     "exists": "there is {a} {color} {cls} .",
     "count": "there are {number} {plural} .",
-    "color": "the {cls} is {color} .",
-    "pred": "the {color} {cls} {pred} .",
+    "color": "the {ref} is {color} .",
+    "pred": "the {ref} {pred} .",
     "pred_plural": "{number} {plural} {pred} .",
 }
 
