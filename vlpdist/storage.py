@@ -153,6 +153,7 @@ class Storage:
         self.cfg = cfg or StorageConfig()
         self._fs: dict[str, fsspec.AbstractFileSystem] = {}
         self._sleep = sleep
+        self.retries = 0  # transient errors retried so far (telemetry)
 
     # -- settings and secrets
     def _s3_settings(self) -> dict:
@@ -234,6 +235,7 @@ class Storage:
                     "storage: %s %s: %s; retry %d/%d in %.2fs",
                     what, url, self._describe(e), attempt, r.max_attempts - 1, delay,
                 )  # fmt: skip
+                self.retries += 1
                 self._sleep(delay)
         raise AssertionError("unreachable")
 

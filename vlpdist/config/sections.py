@@ -59,33 +59,65 @@ class DataSource:
             raise Invalid("weight", "must be > 0")
 
 
+TASKS = ("pretrain", "vqa", "vizwiz", "snli_ve", "mmimdb")
+
+
 @dataclass
 class DataConfig:
     sources: list[DataSource] = field(default_factory=list)
     """Shard sets to stream, with mixing weights."""
+    task: Literal["pretrain", "vqa", "vizwiz", "snli_ve", "mmimdb"] = "pretrain"
+    """What a sample is: one image with a random one of its texts (pretrain), or one
+    question / hypothesis / plot with its task target."""
     batch_size: int = 32
     """Samples per batch on one rank (the micro-batch)."""
     num_workers: int = 2
-    """Loader worker processes per rank."""
-    shuffle_buffer: int = 1000
-    """Samples held by the seeded shuffle buffer."""
+    """Loader worker processes per rank (0 = in the training process)."""
     seed: int = 0
-    """Seed of shard order, shuffling, masking and negatives."""
+    """Seed of shard order, shuffling, mixing, masking and negatives."""
+    shuffle_window: int = 4
+    """Shards whose samples are shuffled together. A deterministic windowed shuffle rather
+    than a streaming buffer: the order must not depend on how ranks and workers split the
+    stream, or resuming on another world size could not be exact."""
+    samples_per_epoch: int | None = None
+    """Epoch length when mixing sources; default: the sum of the sources' sizes."""
     max_regions: int = 100
-    """Regions per image after truncation."""
+    """Regions per image after truncation (detector order: most confident first)."""
     max_text_tokens: int = 36
     """Text tokens per sample including [CLS]/[SEP]."""
+    prefetch: int = 2
+    """Batches each worker reads ahead."""
+    read_threads: int = 8
+    """Concurrent range reads per worker (remote storage)."""
+    mlm_prob: float = 0.15
+    """Masked language modelling: fraction of text tokens selected."""
+    mrm_prob: float = 0.15
+    """Masked region modelling: fraction of regions selected."""
+    mrm_zero_prob: float = 0.9
+    """Selected regions whose features are zeroed (the rest are kept as they are)."""
+    itm_prob: float = 0.5
+    """Image-text matching: fraction of samples whose text is swapped for another image's."""
+    answer_vocab: str | None = None
+    """Shard set whose labels.json defines the answer vocabulary; default the first source
+    (fine-tuning on val needs the train set's vocabulary)."""
+    answer_min_count: int = 9
+    """Answers kept in the vocabulary: target answer of at least this many questions."""
     on_corrupt: Literal["skip", "fail"] = "skip"
     """What a corrupt or truncated shard does: skipped with a warning, or stops the run."""
     verify_sha256: bool = False
-    """Check each shard's sha256 while streaming."""
+    """Check each shard's sha256 (reads every shard once, before the first epoch)."""
 
     def __post_init__(self):
-        for name in ("batch_size", "max_regions", "max_text_tokens"):
+        for name in ("batch_size", "max_regions", "max_text_tokens", "shuffle_window"):
             if getattr(self, name) < 1:
                 raise Invalid(name, "must be >= 1")
-        if self.num_workers < 0 or self.shuffle_buffer < 0:
-            raise Invalid("num_workers", "num_workers and shuffle_buffer must be >= 0")
+        if self.num_workers < 0 or self.prefetch < 1 or self.read_threads < 1:
+            raise Invalid("num_workers", "num_workers >= 0, prefetch >= 1, read_threads >= 1")
+        for name in ("mlm_prob", "mrm_prob", "mrm_zero_prob", "itm_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise Invalid(name, "must be in [0, 1]")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise Invalid("samples_per_epoch", "must be >= 1")
 
 
 @dataclass

@@ -4,7 +4,9 @@ Manifest (`index.json`) fields:
   format, version, dataset, source, synthetic, feature_dim, cls_prob_dim, box_format,
   num_samples, num_texts, total_bytes, tokenizer{name, path, files, sha256, vocab_size,
   lowercase, max_tokens}, recipe{...}, build_report{...}, extra{...},
-  shards[{name, num_samples, bytes, sha256, offsets}]
+  labels ("labels.json" when the set has answers or genres), shards[{name, num_samples,
+  bytes, sha256, offsets, texts}]
+`texts` counts the texts of each sample (so questions can be enumerated without reading).
 `offsets` has num_samples + 1 entries: sample i occupies bytes [offsets[i], offsets[i+1])
 of its shard (its tar headers and members), so a reader can range-read or skip samples
 without parsing; the last entry is where the tar's end-of-archive blocks begin.
@@ -24,6 +26,7 @@ from collections import Counter
 from tqdm import tqdm
 
 from vlpdist import __version__
+from vlpdist.data.answers import answers_doc, count_answers  # pure; shared with the loader
 from vlpdist.errors import ShardError
 from vlpdist.shards import schema
 from vlpdist.shards.schema import INDEX
@@ -31,6 +34,7 @@ from vlpdist.shards.tokenize import TextEncoder
 from vlpdist.storage import Storage, join
 
 SHARD_NAME = "{:06d}.tar"
+LABELS = "labels.json"
 MAX_LISTED_REASONS = 20
 TAR_MTIME = 0.0  # fixed header times: the same input gives byte-identical shards
 
@@ -95,6 +99,28 @@ class BuildReport:
         return "\n".join(lines)
 
 
+class LabelCounts:
+    """Downstream label statistics stored with the shards (`labels.json`), so a loader can
+    build the answer vocabulary of a train split (any min-count) without reading it again."""
+
+    def __init__(self):
+        self.answers: Counter = Counter()
+        self.genres: Counter = Counter()
+
+    def add(self, texts: list[dict]) -> None:
+        self.answers.update(count_answers(texts))
+        for t in texts:
+            self.genres.update(t.get("genres") or [])
+
+    def doc(self) -> dict:
+        out = {}
+        if self.answers:
+            out["answers"] = answers_doc(self.answers)
+        if self.genres:
+            out["genres"] = dict(sorted(self.genres.items(), key=lambda kv: (-kv[1], kv[0])))
+        return out
+
+
 class ShardWriter:
     """Append samples; shards roll over at `target_shard_bytes`; `commit` writes the manifest."""
 
@@ -134,6 +160,8 @@ class ShardWriter:
         self.shards: list[dict] = []
         self._tar = None  # webdataset.TarWriter of the open shard
         self._offsets: list[int] = []
+        self._texts: list[int] = []
+        self._labels = LabelCounts()
         self._bar = None
 
     # -- samples
@@ -154,6 +182,8 @@ class ShardWriter:
         if self._tar is None:
             self._open_shard()
         self._offsets.append(self._tar.tarstream.offset)
+        self._texts.append(len(sample.texts))
+        self._labels.add(sample.texts)
         self._tar.write(schema.encode(sample))
         self.report.written += 1
         self.report.texts += len(sample.texts)
@@ -180,6 +210,7 @@ class ShardWriter:
             self._file, user="vlpdist", group="vlpdist", encoder=False, mtime=TAR_MTIME
         )
         self._offsets = []
+        self._texts = []
 
     def _close_shard(self) -> None:
         end = self._tar.tarstream.offset
@@ -203,6 +234,7 @@ class ShardWriter:
                 "bytes": size,
                 "sha256": digest.hexdigest(),
                 "offsets": [*self._offsets, end],
+                "texts": self._texts,
             }
         )
 
@@ -248,6 +280,10 @@ class ShardWriter:
                 "extra": extra or {},
                 "shards": self.shards,
             }
+            labels = self._labels.doc()
+            if labels:
+                self.storage.write_text(join(self.url, LABELS), json.dumps(labels, indent=1))
+                manifest["labels"] = LABELS
             self.storage.write_text(join(self.url, INDEX), json.dumps(manifest, indent=1))
             self._drop_leftovers(tok_info)
             return manifest
@@ -264,7 +300,7 @@ class ShardWriter:
     def _drop_leftovers(self, tok_info: dict | None) -> None:
         """Delete what the old set had and the new one does not (extra shards, old
         tokenizer files)."""
-        keep = {s["name"] for s in self.shards} | {INDEX}
+        keep = {s["name"] for s in self.shards} | {INDEX, LABELS}
         tok_dir = tok_info["path"] if tok_info else None
         for child in self._leftovers or []:
             name = child.rsplit("/", 1)[-1]

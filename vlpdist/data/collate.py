@@ -1,0 +1,210 @@
+"""Collation: decoded samples → one typed `Batch` (texts packed, regions padded, masking
+for pretraining, task targets for downstream).
+
+Every random choice (which caption, which answer, MLM/MRM masks, image-text negatives) is
+seeded by the sample's position in the epoch's global sequence, never by the worker that
+happens to build the batch: the same seed and epoch give the same batches whatever the
+number of loader workers or ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vlpdist.config import DataConfig
+from vlpdist.data.answers import soft_scores
+from vlpdist.data.decode import Decoded
+from vlpdist.data.index import TokenInfo
+from vlpdist.data.masking import itm_flags, mask_regions, mask_tokens, pick_negative
+from vlpdist.data.plan import TEXT
+from vlpdist.shards.schema import SNLI_LABELS
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    """What data hands to models: keyword tensors, [B, ...] on the first axis.
+
+    Optional fields are None when the task has no use for them. `is_pad` marks repeats that
+    only balance the ranks: losses and metrics must ignore them."""
+
+    input_ids: torch.Tensor  # int64 [B, T]
+    token_type_ids: torch.Tensor  # int64 [B, T]
+    attention_mask: torch.Tensor  # int64 [B, T], 1 = real token
+    feats: torch.Tensor  # float16 [B, R, D] (masked regions zeroed in pretraining)
+    boxes: torch.Tensor  # float32 [B, R, 4] x1, y1, x2, y2 in [0, 1]
+    region_mask: torch.Tensor  # int64 [B, R], 1 = real region
+    is_pad: torch.Tensor  # bool [B]
+    source: torch.Tensor  # int64 [B] index of the data source
+    keys: list[str]  # sample keys (image) for tracing
+    text_ids: list  # question_id / pair_id / caption index per sample
+    mlm_labels: torch.Tensor | None = None  # int64 [B, T], -100 = not predicted
+    mrm_mask: torch.Tensor | None = None  # bool [B, R] regions to reconstruct
+    mrm_feats: torch.Tensor | None = None  # float16 [B, R, D] original features
+    mrm_cls: torch.Tensor | None = None  # float16 [B, R, C] detector distribution
+    itm_labels: torch.Tensor | None = None  # int64 [B], 1 = the text is the image's own
+    targets: torch.Tensor | None = None  # vqa/vizwiz: float32 [B, A] soft scores;
+    # snli_ve: int64 [B]; mmimdb: float32 [B, G] multi-hot
+
+    def to(self, device) -> Batch:
+        moved = {
+            f.name: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class Collator:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tok: TokenInfo,
+        feature_dim: int,
+        cls_dim: int | None,
+        labels: list[str] | None = None,
+    ):
+        self.cfg, self.tok, self.dim, self.cls_dim = cfg, tok, feature_dim, cls_dim
+        self.labels = labels or []
+        self.label_index = {a: i for i, a in enumerate(self.labels)}
+
+    def __call__(
+        self,
+        items: list[Decoded],
+        entries: np.ndarray,
+        positions: np.ndarray,
+        pad: np.ndarray,
+        source: np.ndarray,
+        epoch: int,
+    ) -> Batch:
+        cfg, b = self.cfg, len(items)
+        seed = cfg.seed
+        rngs = [np.random.default_rng([seed, epoch, int(p), 3]) for p in positions]
+        texts = [
+            self._text(d, int(e[TEXT]), r) for d, e, r in zip(items, entries, rngs, strict=True)
+        ]
+        pretrain = cfg.task == "pretrain"
+        itm = None
+        if pretrain and cfg.itm_prob > 0 and b > 1:
+            batch_rng = np.random.default_rng([seed, epoch, int(positions[0]), 4])
+            flags = itm_flags(b, batch_rng, cfg.itm_prob)
+            swapped = [
+                texts[pick_negative(b, i, batch_rng)] if flags[i] else texts[i] for i in range(b)
+            ]
+            texts = swapped
+            itm = (~flags).astype(np.int64)
+        ids, types, att = self._pack(texts)
+        feats, boxes, rmask, cls = self._regions(items)
+        out = dict(
+            input_ids=ids, token_type_ids=types, attention_mask=att,
+            boxes=boxes, region_mask=rmask, is_pad=pad.astype(bool), source=source,
+        )  # fmt: skip
+        if pretrain:
+            self._mask(out, ids, att, feats, rmask, cls, itm, rngs)
+        else:
+            out["targets"] = self._targets(texts)
+        out["feats"] = feats
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+        return Batch(
+            **tensors,
+            keys=[d.key for d in items],
+            text_ids=[t.get("question_id", t.get("pair_id", t.get("_index"))) for t in texts],
+        )
+
+    # -- texts
+    def _text(self, d: Decoded, text_index: int, rng: np.random.Generator) -> dict:
+        all_texts = d.meta["texts"]
+        j = int(rng.integers(len(all_texts))) if text_index < 0 else text_index
+        t = dict(all_texts[j])
+        t["_index"] = j
+        if self.cfg.task == "pretrain" and t.get("answer_ids"):
+            t["_pair"] = t["answer_ids"][int(rng.integers(len(t["answer_ids"])))]
+        return t
+
+    def _pack(self, texts: list[dict]) -> tuple[np.ndarray, ...]:
+        tok, t_max = self.tok, self.cfg.max_text_tokens
+        ids = np.full((len(texts), t_max), tok.pad, dtype=np.int64)
+        types = np.zeros_like(ids)
+        att = np.zeros_like(ids)
+        for i, t in enumerate(texts):
+            second = list(t.get("_pair") or [])[: max(0, t_max - 4)]
+            room = t_max - 2 - (len(second) + 1 if second else 0)
+            seq = [tok.cls, *t["ids"][:room], tok.sep]
+            seg = [0] * len(seq)
+            if second:  # VQA-P: question [SEP] answer [SEP], the answer as segment 1
+                seq += [*second, tok.sep]
+                seg += [1] * (len(second) + 1)
+            ids[i, : len(seq)] = seq
+            types[i, : len(seg)] = seg
+            att[i, : len(seq)] = 1
+        return ids, types, att
+
+    # -- regions
+    def _regions(self, items: list[Decoded]) -> tuple[np.ndarray, ...]:
+        r, b = self.cfg.max_regions, len(items)
+        feats = np.zeros((b, r, self.dim), dtype=np.float16)
+        boxes = np.zeros((b, r, 4), dtype=np.float32)
+        mask = np.zeros((b, r), dtype=np.int64)
+        cls = np.zeros((b, r, self.cls_dim), dtype=np.float16) if self.cls_dim else None
+        for i, d in enumerate(items):
+            n = min(len(d.feats), r)
+            feats[i, :n] = d.feats[:n]
+            boxes[i, :n] = d.boxes[:n]
+            mask[i, :n] = 1
+            if cls is not None and d.cls_prob is not None:
+                cls[i, :n] = d.cls_prob[:n]
+        return feats, boxes, mask, cls
+
+    # -- pretraining objectives
+    def _mask(self, out, ids, att, feats, rmask, cls, itm, rngs) -> None:
+        cfg, tok = self.cfg, self.tok
+        labels = np.full_like(ids, IGNORE)
+        mrm = np.zeros(rmask.shape, dtype=bool)
+        originals = feats.copy()
+        special = np.isin(ids, tok.special)
+        for i, rng in enumerate(rngs):
+            if itm is not None and itm[i] == 0:
+                continue  # a mismatched pair teaches matching only (as ViLBERT does)
+            maskable = (att[i] == 1) & ~special[i]
+            if cfg.mlm_prob > 0:
+                ids[i], labels[i] = mask_tokens(
+                    ids[i], maskable, rng, vocab_size=tok.vocab_size, mask_id=tok.mask,
+                    prob=cfg.mlm_prob, special_ids=tok.special,
+                )  # fmt: skip
+            if cfg.mrm_prob > 0:
+                feats[i], mrm[i] = mask_regions(
+                    feats[i], rmask[i] == 1, rng, prob=cfg.mrm_prob, zero_prob=cfg.mrm_zero_prob
+                )
+        out["mlm_labels"] = labels
+        out["mrm_mask"] = mrm
+        out["mrm_feats"] = originals
+        if cls is not None:
+            out["mrm_cls"] = cls
+        if itm is not None:
+            out["itm_labels"] = itm
+
+    # -- downstream targets
+    def _targets(self, texts: list[dict]) -> np.ndarray:
+        task = self.cfg.task
+        if task in ("vqa", "vizwiz"):
+            scores = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+            for i, t in enumerate(texts):
+                idx, val = soft_scores(t.get("answers") or [], self.label_index)
+                scores[i, idx] = val
+            return scores
+        if task == "snli_ve":
+            return np.array([SNLI_LABELS.index(t["label"]) for t in texts], dtype=np.int64)
+        hot = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for g in t.get("genres") or []:
+                if g in self.label_index:
+                    hot[i, self.label_index[g]] = 1.0
+        return hot

@@ -1,0 +1,160 @@
+"""What the loader knows before the first batch: manifests, shard health, tokenizer ids,
+label vocabularies. Read once per loader in the training process (cheap: JSON and HEADs).
+
+A shard whose size differs from its manifest (truncated, replaced) or that is missing is
+excluded from the plan with a warning naming its URL. Every rank sees the same storage, so
+every rank excludes the same shards and the plans still agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlpdist.config import DataConfig
+from vlpdist.data.answers import vocab_from_doc
+from vlpdist.data.plan import SourcePlan
+from vlpdist.errors import ShardError, StorageError, VlpdistError
+from vlpdist.shards.reader import load_manifest
+from vlpdist.shards.writer import LABELS
+from vlpdist.storage import Storage, join
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    url: str
+    name: str
+    weight: float
+    manifest: dict
+    shard_urls: list[str]
+    offsets: list[np.ndarray]
+    plan: SourcePlan
+    excluded: dict[str, str] = field(default_factory=dict)  # shard URL -> why
+
+
+def open_source(storage: Storage, url: str, weight: float, verify_sha256: bool) -> Source:
+    m = load_manifest(storage, url)
+    shard_urls = [join(url, s["name"]) for s in m["shards"]]
+    samples = np.array([s["num_samples"] for s in m["shards"]], dtype=np.int64)
+    texts = [
+        np.asarray(s.get("texts") or [1] * s["num_samples"], dtype=np.int64) for s in m["shards"]
+    ]
+    excluded = {}
+    for i, (shard, surl) in enumerate(zip(m["shards"], shard_urls, strict=True)):
+        why = _shard_problem(storage, surl, shard, verify_sha256)
+        if why:
+            excluded[surl] = why
+            samples[i] = 0
+            log.warning("data: skipping shard %s: %s (%d samples)", surl, why, shard["num_samples"])
+    return Source(
+        url=url,
+        name=m["dataset"],
+        weight=weight,
+        manifest=m,
+        shard_urls=shard_urls,
+        offsets=[np.asarray(s["offsets"], dtype=np.int64) for s in m["shards"]],
+        plan=SourcePlan(samples=samples, texts=texts, weight=weight),
+        excluded=excluded,
+    )
+
+
+def _shard_problem(storage: Storage, url: str, shard: dict, verify_sha256: bool) -> str | None:
+    try:
+        size = storage.size(url)
+    except StorageError as e:
+        return str(e).removeprefix(url + ": ")
+    if size != shard["bytes"]:
+        return f"{size} bytes, the manifest says {shard['bytes']} (truncated or replaced)"
+    if verify_sha256:
+        digest = hashlib.sha256()
+        for chunk in storage.iter_chunks(url):
+            digest.update(chunk)
+        if digest.hexdigest() != shard["sha256"]:
+            return "sha256 mismatch"
+    return None
+
+
+def open_sources(storage: Storage, cfg: DataConfig) -> list[Source]:
+    if not cfg.sources:
+        raise VlpdistError("data.sources: no shard set to stream")
+    sources = [open_source(storage, s.url, s.weight, cfg.verify_sha256) for s in cfg.sources]
+    first = sources[0].manifest
+    for s in sources[1:]:
+        for key in ("feature_dim",):
+            if s.manifest[key] != first[key]:
+                raise ShardError(f"{s.url}: {key} {s.manifest[key]} differs from {sources[0].url}")
+        if (s.manifest.get("tokenizer") or {}).get("sha256") != (first.get("tokenizer") or {}).get(
+            "sha256"
+        ):
+            raise ShardError(f"{s.url}: its tokenizer differs from {sources[0].url}'s")
+    if all(s.plan.samples.sum() == 0 for s in sources):
+        raise ShardError(f"{cfg.sources[0].url}: no readable shard in any source")
+    return sources
+
+
+@dataclass
+class TokenInfo:
+    """The special ids collation needs, from the shard set's own tokenizer."""
+
+    cls: int
+    sep: int
+    pad: int
+    mask: int
+    vocab_size: int
+    special: tuple[int, ...]
+
+
+def token_info(storage: Storage, source: Source) -> TokenInfo:
+    tok_meta = source.manifest.get("tokenizer")
+    if not tok_meta:
+        raise ShardError(f"{source.url}: the manifest records no tokenizer")
+    from transformers import AutoTokenizer  # heavy; once per loader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in tok_meta["files"]:
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(storage.read_bytes(join(source.url, tok_meta["path"], name)))
+        tok = AutoTokenizer.from_pretrained(tmp)
+    return TokenInfo(
+        cls=tok.cls_token_id,
+        sep=tok.sep_token_id,
+        pad=tok.pad_token_id,
+        mask=tok.mask_token_id,
+        vocab_size=len(tok),
+        special=tuple(sorted(set(tok.all_special_ids))),
+    )
+
+
+def load_labels(storage: Storage, url: str) -> dict:
+    """The labels.json of a shard set (answer and genre counts of its train split)."""
+    manifest = load_manifest(storage, url)
+    if "labels" not in manifest:
+        raise ShardError(f"{url}: no {LABELS} (the set has no answers or genres to learn)")
+    return json.loads(storage.read_text(join(url, manifest["labels"])))
+
+
+def answer_vocab(storage: Storage, url: str, min_count: int) -> list[str]:
+    labels = load_labels(storage, url)
+    if "answers" not in labels:
+        raise ShardError(f"{join(url, LABELS)}: no answer counts")
+    vocab = vocab_from_doc(labels["answers"], min_count)
+    if not vocab:
+        raise ShardError(
+            f"{join(url, LABELS)}: no answer reaches data.answer_min_count={min_count}"
+        )
+    return vocab
+
+
+def genre_vocab(storage: Storage, url: str) -> list[str]:
+    labels = load_labels(storage, url)
+    if "genres" not in labels:
+        raise ShardError(f"{join(url, LABELS)}: no genre counts")
+    return sorted(labels["genres"])

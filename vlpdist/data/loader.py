@@ -1,0 +1,235 @@
+"""The loader of one rank: a visible list of stages, resumable, with telemetry.
+
+    manifests + shard health (index.py, once, in the training process)
+ -> epoch plan: order, mixing, split over ranks and workers        (plan.py, pure)
+ -> fetch: byte ranges of the batch's samples, read ahead          (fetch.py, threads)
+ -> decode: tar headers → zero-copy arrays + json                  (decode.py)
+ -> collate: pack texts, pad regions, mask, targets → Batch        (collate.py)
+
+Workers are torch DataLoader processes; worker w builds rank-local batches w, w + n, ...
+and the DataLoader takes one batch from each worker in turn, so batches arrive in plan
+order whatever the number of workers. `Loader.state_dict()` is (epoch, consumed units);
+restoring it on any world size continues with exactly the units not yet consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from vlpdist.config import DataConfig, StorageConfig
+from vlpdist.data import plan as P
+from vlpdist.data.collate import Batch, Collator
+from vlpdist.data.decode import CorruptSample, decode
+from vlpdist.data.fetch import Fetcher
+from vlpdist.data.index import answer_vocab, genre_vocab, open_sources, token_info
+from vlpdist.errors import ShardError, VlpdistError
+from vlpdist.storage import Storage
+
+log = logging.getLogger(__name__)
+STAGES = ("fetch_s", "decode_s", "collate_s")
+
+
+class ShardStream(IterableDataset):
+    """Yields (rank-local step, Batch, telemetry delta) for the current epoch's plan."""
+
+    def __init__(self, cfg: DataConfig, storage_cfg: StorageConfig | None, rank: int, world: int):
+        self.cfg, self.storage_cfg, self.rank, self.world = cfg, storage_cfg, rank, world
+        storage = Storage(storage_cfg)
+        self.sources = open_sources(storage, cfg)
+        first = self.sources[0]
+        labels = None
+        vocab_url = cfg.answer_vocab or first.url
+        if cfg.task in ("vqa", "vizwiz"):
+            labels = answer_vocab(storage, vocab_url, cfg.answer_min_count)
+        elif cfg.task == "mmimdb":
+            labels = genre_vocab(storage, vocab_url)
+        self.labels = labels
+        self.collator = Collator(
+            cfg, token_info(storage, first), first.manifest["feature_dim"],
+            first.manifest.get("cls_prob_dim"), labels,
+        )  # fmt: skip
+        self.epoch, self.consumed = 0, 0
+        self.skipped_shards = sum(len(s.excluded) for s in self.sources)
+
+    def sequence(self, epoch: int) -> np.ndarray:
+        per_text = self.cfg.task != "pretrain"
+        orders = [
+            P.epoch_order(s.plan.units(per_text), self.cfg.seed, epoch, i, self.cfg.shuffle_window)
+            for i, s in enumerate(self.sources)
+        ]
+        weights = [s.weight for s in self.sources]
+        return P.global_sequence(orders, weights, self.cfg.seed, epoch, self.cfg.samples_per_epoch)
+
+    def rank_plan(self) -> P.RankPlan:
+        seq = self.sequence(self.epoch)
+        return P.split(
+            seq, min(self.consumed, len(seq)), self.cfg.batch_size, self.world, self.rank
+        )
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        plan = self.rank_plan()
+        stats: dict = {}
+        # a fresh Storage per process: filesystem objects must not cross a fork
+        fetcher = Fetcher(Storage(self.storage_cfg), self.sources, self.cfg.read_threads, stats)
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlpdist-prefetch")
+        steps = list(P.worker_steps(plan.steps, worker, workers))
+        queue: deque = deque()
+        try:
+            for step in steps[: self.cfg.prefetch]:
+                queue.append(ahead.submit(fetcher.fetch, plan.entries[step]))
+            for n, step in enumerate(steps):
+                t0 = time.perf_counter()
+                raw = queue.popleft().result()
+                stats["wait_fetch_s"] = stats.get("wait_fetch_s", 0.0) + time.perf_counter() - t0
+                if n + self.cfg.prefetch < len(steps):
+                    nxt = steps[n + self.cfg.prefetch]
+                    queue.append(ahead.submit(fetcher.fetch, plan.entries[nxt]))
+                batch = self._build(plan, step, raw, stats)
+                delta = dict(stats)
+                stats.clear()
+                yield step, batch, delta
+        finally:
+            ahead.shutdown(wait=False, cancel_futures=True)
+            fetcher.close()
+
+    def _build(self, plan: P.RankPlan, step: int, raw: list, stats: dict) -> Batch:
+        entries, pad = plan.entries[step], plan.pad[step].copy()
+        t0 = time.perf_counter()
+        items = []
+        for i, (e, data) in enumerate(zip(entries, raw, strict=True)):
+            try:
+                if isinstance(data, Exception):
+                    raise data
+                items.append(decode(data))
+            except (CorruptSample, VlpdistError) as err:
+                url = self.sources[e[P.SOURCE]].shard_urls[e[P.SHARD]]
+                if self.cfg.on_corrupt == "fail":
+                    raise ShardError(f"{url}: sample {e[P.SAMPLE]}: {err}") from None
+                log.warning("data: skipping sample %d of %s: %s", e[P.SAMPLE], url, err)
+                stats["corrupt_samples"] = stats.get("corrupt_samples", 0) + 1
+                items.append(None)
+                pad[i] = True  # replaced below by a good sample of the batch, flagged
+        good = [d for d in items if d is not None]
+        if not good:
+            raise ShardError(f"{self.sources[0].url}: a whole batch was unreadable (step {step})")
+        items = [d if d is not None else good[0] for d in items]
+        t1 = time.perf_counter()
+        batch = self.collator(
+            items, entries, plan.positions[step], pad, entries[:, P.SOURCE], self.epoch
+        )
+        t2 = time.perf_counter()
+        stats["decode_s"] = stats.get("decode_s", 0.0) + t1 - t0
+        stats["collate_s"] = stats.get("collate_s", 0.0) + t2 - t1
+        stats["samples"] = stats.get("samples", 0) + int((~pad).sum())
+        stats["pad_samples"] = stats.get("pad_samples", 0) + int(pad.sum())
+        per_source = Counter(int(s) for s in entries[~pad, P.SOURCE])
+        stats["per_source"] = {self.sources[k].name: v for k, v in per_source.items()}
+        return batch
+
+
+class Loader:
+    """Batches of one rank, epoch after epoch; `state_dict()` resumes exactly."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        storage_cfg: StorageConfig | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.cfg = cfg
+        self.stream = ShardStream(cfg, storage_cfg, rank, world_size)
+        self.world = world_size
+        self._tel: dict = {"per_source": Counter()}
+        self._started = None
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+    def __len__(self) -> int:
+        """Batches left in the current epoch on this rank."""
+        return self.stream.rank_plan().steps
+
+    def __iter__(self):
+        s = self.stream
+        epoch_len = len(s.sequence(s.epoch))
+        loader = DataLoader(
+            s, batch_size=None, num_workers=self.cfg.num_workers,
+            prefetch_factor=2 if self.cfg.num_workers else None,
+        )  # fmt: skip
+        self._started = self._started or time.perf_counter()
+        t0 = time.perf_counter()
+        for _step, batch, delta in loader:
+            self._tel["wait_s"] = self._tel.get("wait_s", 0.0) + time.perf_counter() - t0
+            self._add(delta)
+            s.consumed = min(epoch_len, s.consumed + self.cfg.batch_size * self.world)
+            yield batch
+            t0 = time.perf_counter()
+        s.epoch, s.consumed = s.epoch + 1, 0
+
+    def _add(self, delta: dict) -> None:
+        self._tel["batches"] = self._tel.get("batches", 0) + 1
+        for k, v in delta.items():
+            if k == "per_source":
+                self._tel["per_source"].update(v)
+            else:
+                self._tel[k] = self._tel.get(k, 0) + v
+
+    def telemetry(self) -> dict:
+        """Counters and stage timings since the loader started (a dict the trainer logs)."""
+        t = dict(self._tel)
+        elapsed = time.perf_counter() - self._started if self._started else 0.0
+        out = {
+            "batches": t.get("batches", 0),
+            "samples": t.get("samples", 0),
+            "pad_samples": t.get("pad_samples", 0),
+            "samples_per_s": round(t.get("samples", 0) / elapsed, 2) if elapsed else 0.0,
+            "bytes_read": t.get("bytes_read", 0),
+            "requests": t.get("requests", 0),
+            "retries": t.get("retries", 0),
+            "corrupt_samples": t.get("corrupt_samples", 0),
+            "skipped_shards": self.stream.skipped_shards,
+            "seconds": {k: round(t.get(k, 0.0), 4) for k in ("wait_s", "wait_fetch_s", *STAGES)},
+            "per_source": dict(t["per_source"]),
+            "epoch": self.stream.epoch,
+            "consumed": self.stream.consumed,
+        }
+        return out
+
+    def state_dict(self) -> dict:
+        s = self.stream
+        return {
+            "epoch": s.epoch,
+            "consumed": s.consumed,
+            "seed": self.cfg.seed,
+            "sources": [[src.url, int(src.plan.samples.sum())] for src in s.sources],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        s = self.stream
+        here = [[src.url, int(src.plan.samples.sum())] for src in s.sources]
+        if state.get("sources") != here or state.get("seed") != self.cfg.seed:
+            raise VlpdistError(
+                f"data state was saved for sources {state.get('sources')} and seed "
+                f"{state.get('seed')}; this loader streams {here} with seed {self.cfg.seed}"
+            )
+        s.epoch, s.consumed = int(state["epoch"]), int(state["consumed"])
+
+
+def worker_count_hint() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+__all__ = ["Batch", "Loader", "ShardStream", "torch"]

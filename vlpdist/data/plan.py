@@ -1,0 +1,138 @@
+"""Epoch planning: which samples each rank and loader worker reads, in which order.
+
+Everything here is a pure function of (manifests, seed, epoch, consumed, world size, rank):
+
+1. units      every sample (pretraining: one image) or every text of every sample
+              (downstream: one question / hypothesis / plot), from the manifests alone
+2. order      per source and epoch: shards permuted, then the units of each window of
+              `shuffle_window` consecutive shards shuffled together (seeded)
+3. mixing     several sources interleaved by weight (seeded); a source that runs out
+              starts over in the same order
+4. split      after `consumed` units, batch k of the rest goes to rank k % W; the last round
+              is padded with repeats flagged `pad`, so every rank gets the same number of
+              batches; rank-local batch j goes to loader worker j % num_workers
+
+Because the epoch's global sequence does not depend on W or on the number of workers, the
+state to resume is just (epoch, consumed): after s steps every rank has consumed the first
+s * batch * W units, whatever W was, and the rest can be split over any other W'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# columns of a plan entry
+SOURCE, SHARD, SAMPLE, TEXT = range(4)
+
+
+@dataclass
+class SourcePlan:
+    """What planning needs of one shard set: per-shard sample and text counts."""
+
+    samples: np.ndarray  # int64 [n_shards] samples per shard (0 for an excluded shard)
+    texts: list[np.ndarray]  # per shard: int64 [samples] texts per sample
+    weight: float = 1.0
+
+    def units(self, per_text: bool) -> np.ndarray:
+        """int64 [n, 3] (shard, sample, text); text = -1 when a unit is a whole image."""
+        out = []
+        for shard, n in enumerate(self.samples):
+            if n == 0:
+                continue
+            sample = np.arange(n, dtype=np.int64)
+            if per_text:
+                counts = self.texts[shard][:n]
+                sample = np.repeat(sample, counts)
+                starts = np.cumsum(counts) - counts
+                text = np.arange(len(sample), dtype=np.int64) - np.repeat(starts, counts)
+            else:
+                text = np.full(n, -1, dtype=np.int64)
+            out.append(np.stack([np.full(len(sample), shard, dtype=np.int64), sample, text], 1))
+        return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
+
+
+def epoch_order(units: np.ndarray, seed: int, epoch: int, source: int, window: int) -> np.ndarray:
+    """`units` reordered for this epoch: shards permuted, units shuffled within windows."""
+    if len(units) == 0:
+        return units
+    shards = np.unique(units[:, 0])
+    perm = np.random.default_rng([seed, epoch, source, 0]).permutation(shards)
+    rank_of_shard = np.empty(shards.max() + 1, dtype=np.int64)
+    rank_of_shard[perm] = np.arange(len(perm))
+    # stable sort by the shard's position in the permutation keeps units grouped per shard
+    by_shard = units[np.argsort(rank_of_shard[units[:, 0]], kind="stable")]
+    window_of = rank_of_shard[by_shard[:, 0]] // window
+    out = np.empty_like(by_shard)
+    bounds = np.flatnonzero(np.diff(window_of)) + 1
+    for w, (lo, hi) in enumerate(zip([0, *bounds], [*bounds, len(by_shard)], strict=True)):
+        rng = np.random.default_rng([seed, epoch, source, 1, w])
+        out[lo:hi] = by_shard[lo:hi][rng.permutation(hi - lo)]
+    return out
+
+
+def global_sequence(
+    orders: list[np.ndarray], weights: list[float], seed: int, epoch: int, length: int | None
+) -> np.ndarray:
+    """int64 [L, 4] (source, shard, sample, text): the epoch's units, sources mixed."""
+    sizes = [len(o) for o in orders]
+    if length is None:
+        length = sum(sizes)
+    if len(orders) == 1:
+        src = np.zeros(length, dtype=np.int64)
+    else:
+        p = np.asarray(weights, dtype=np.float64) * (np.asarray(sizes) > 0)
+        src = np.random.default_rng([seed, epoch, 2]).choice(
+            len(orders), size=length, p=p / p.sum()
+        )
+    seq = np.empty((length, 4), dtype=np.int64)
+    seq[:, SOURCE] = src
+    for i, order in enumerate(orders):
+        where = np.flatnonzero(src == i)
+        if len(where):
+            seq[where, 1:] = order[np.arange(len(where)) % len(order)]
+    return seq
+
+
+@dataclass
+class RankPlan:
+    """One rank's share of the rest of an epoch, as whole batches."""
+
+    entries: np.ndarray  # int64 [steps, batch, 4]
+    positions: np.ndarray  # int64 [steps, batch]: index in the epoch's global sequence
+    pad: np.ndarray  # bool [steps, batch]: repeats that only balance the ranks
+
+    @property
+    def steps(self) -> int:
+        return len(self.entries)
+
+
+def split(seq: np.ndarray, consumed: int, batch: int, world: int, rank: int) -> RankPlan:
+    """Rank `rank`'s batches of `seq[consumed:]`; every rank gets the same number."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside world size {world}")
+    rest = seq[consumed:]
+    pos = np.arange(consumed, len(seq), dtype=np.int64)
+    per_step = batch * world
+    steps = -(-len(rest) // per_step)
+    total = steps * per_step
+    pad = np.zeros(total, dtype=bool)
+    if total > len(rest):  # balance: repeat units from the start of the rest, flagged
+        extra = total - len(rest)
+        pad[len(rest) :] = True
+        rest = np.concatenate([rest, np.resize(rest, (extra, 4))])
+        pos = np.concatenate([pos, np.resize(pos, extra)])
+    shape = (steps * world, batch)
+    mine = slice(rank, None, world)
+    return RankPlan(
+        entries=rest.reshape(*shape, 4)[mine],
+        positions=pos.reshape(shape)[mine],
+        pad=pad.reshape(shape)[mine],
+    )
+
+
+def worker_steps(steps: int, worker: int, num_workers: int) -> range:
+    """Rank-local batch indices of one loader worker; the DataLoader takes one batch from
+    each worker in turn, which puts them back in plan order."""
+    return range(worker, steps, max(num_workers, 1))
