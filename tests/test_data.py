@@ -142,7 +142,7 @@ def test_mixing_by_weight_with_per_source_counts(world):
 
 
 def test_masking_statistics_in_the_pipeline(world):
-    tok = mrm = sel_tok = sel_reg = itm_neg = n = 0
+    tok = mrm = sel_tok = sel_reg = itm_neg = n = zeroed = 0
     for b in Loader(cfg_for(world / "coco_like", batch_size=8)):
         matched = b.itm_labels == 1
         real = (b.attention_mask == 1) & (b.input_ids != 0)
@@ -153,12 +153,17 @@ def test_masking_statistics_in_the_pipeline(world):
         itm_neg += int((b.itm_labels == 0).sum())
         n += len(b)
         assert not b.mrm_mask[~matched].any() and (b.mlm_labels[~matched] == -100).all()
-        zeroed = b.mrm_mask & (b.feats.float().abs().sum(-1) == 0)
-        assert torch.equal(b.feats[~b.mrm_mask], b.mrm_feats[~b.mrm_mask])
-        assert int(zeroed.sum()) <= int(b.mrm_mask.sum())
+        # packed targets: one row per selected region, in mask order
+        rows = b.feats[b.mrm_mask]
+        assert rows.shape == b.mrm_feats.shape and len(b.mrm_cls) == len(rows)
+        zero = rows.float().abs().sum(-1) == 0
+        assert torch.equal(rows[~zero], b.mrm_feats[~zero])  # kept as is: equal to the target
+        assert (b.mrm_feats[zero].float().abs().sum(-1) > 0).all()  # zeroed: target remembers
+        zeroed += int(zero.sum())
     assert 0.13 < sel_tok / tok < 0.25  # 15% plus the at-least-one rule on short captions
     assert 0.13 < sel_reg / mrm < 0.22
     assert 0.35 < itm_neg / n < 0.65
+    assert 0.8 < zeroed / sel_reg < 0.97
 
 
 def test_vqa_soft_scores_match_the_official_formula(world):

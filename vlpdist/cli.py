@@ -88,6 +88,12 @@ def cmd_demo(args) -> int:
 OVERRIDES = "trailing key=value arguments override the config, e.g. optim.lr=1e-4"
 
 
+def cmd_bench_data(args) -> int:
+    from vlpdist.bench.data import main as bench_data
+
+    return bench_data(args)
+
+
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     if required:
         p.add_argument("config", help="YAML config file")
@@ -137,6 +143,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("url", help="dataset directory URL (holding index.json)")
     _add_config_args(p, required=False)
     p.set_defaults(fn=cmd_shards_verify)
+
+    bench = sub.add_parser("bench", help="benchmarks, as JSON").add_subparsers(
+        dest="sub", required=True
+    )
+    p = bench.add_parser("data", help="loader vs raw reads vs a plain webdataset pipeline")
+    p.add_argument("--source", choices=("file", "s3"), default="file", help="where shards live")
+    p.add_argument("--samples", type=int, default=1024, help="samples in the generated shards")
+    p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    p.add_argument("--json", action="store_true", help="one-line JSON (default: indented)")
+    p.set_defaults(fn=cmd_bench_data)
 
     p = sub.add_parser("demo", help="the main job on the embedded synthetic world")
     p.add_argument("--out", default="demo_out", help="output root (any storage URL)")

@@ -79,6 +79,10 @@ class DataConfig:
     """Shards whose samples are shuffled together. A deterministic windowed shuffle rather
     than a streaming buffer: the order must not depend on how ranks and workers split the
     stream, or resuming on another world size could not be exact."""
+    read_span: int = 8
+    """Consecutive samples of a shard kept together by the shuffle and read as one range:
+    a batch mixes batch_size / read_span runs from across the window. Object stores charge
+    a request per range; 1 (a shuffle of single samples) mixes best and suits local disks."""
     samples_per_epoch: int | None = None
     """Epoch length when mixing sources; default: the sum of the sources' sizes."""
     max_regions: int = 100
@@ -108,7 +112,7 @@ class DataConfig:
     """Check each shard's sha256 (reads every shard once, before the first epoch)."""
 
     def __post_init__(self):
-        for name in ("batch_size", "max_regions", "max_text_tokens", "shuffle_window"):
+        for name in ("batch_size", "max_regions", "max_text_tokens", "shuffle_window", "read_span"):
             if getattr(self, name) < 1:
                 raise Invalid(name, "must be >= 1")
         if self.num_workers < 0 or self.prefetch < 1 or self.read_threads < 1:

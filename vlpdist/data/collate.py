@@ -1,10 +1,12 @@
 """Collation: decoded samples → one typed `Batch` (texts packed, regions padded, masking
 for pretraining, task targets for downstream).
 
-Every random choice (which caption, which answer, MLM/MRM masks, image-text negatives) is
-seeded by the sample's position in the epoch's global sequence, never by the worker that
-happens to build the batch: the same seed and epoch give the same batches whatever the
-number of loader workers or ranks.
+Every random choice (which caption, which answer, MLM/MRM masks, image-text negatives)
+comes from one generator per batch, seeded by (seed, epoch, the batch's first position in
+the epoch's global sequence). Batches are fixed units of the plan, so this never depends on
+the worker or rank that builds one: the same seed and epoch give the same batches whatever
+the number of loader workers or ranks. One generator per batch (not per sample) lets the
+masking run vectorised over the whole batch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from vlpdist.config import DataConfig
 from vlpdist.data.answers import soft_scores
 from vlpdist.data.decode import Decoded
 from vlpdist.data.index import TokenInfo
-from vlpdist.data.masking import itm_flags, mask_regions, mask_tokens, pick_negative
+from vlpdist.data.masking import itm_flags, mask_tokens, pick_negative, select_regions
 from vlpdist.data.plan import TEXT
 from vlpdist.shards.schema import SNLI_LABELS
 
@@ -45,8 +47,9 @@ class Batch:
     text_ids: list  # question_id / pair_id / caption index per sample
     mlm_labels: torch.Tensor | None = None  # int64 [B, T], -100 = not predicted
     mrm_mask: torch.Tensor | None = None  # bool [B, R] regions to reconstruct
-    mrm_feats: torch.Tensor | None = None  # float16 [B, R, D] original features
-    mrm_cls: torch.Tensor | None = None  # float16 [B, R, C] detector distribution
+    mrm_feats: torch.Tensor | None = None  # float16 [M, D] original features of the M
+    # selected regions, in the row-major order of mrm_mask (feats[mrm_mask] before zeroing)
+    mrm_cls: torch.Tensor | None = None  # float16 [M, C] their detector distributions
     itm_labels: torch.Tensor | None = None  # int64 [B], 1 = the text is the image's own
     targets: torch.Tensor | None = None  # vqa/vizwiz: float32 [B, A] soft scores;
     # snli_ve: int64 [B]; mmimdb: float32 [B, G] multi-hot
@@ -84,31 +87,25 @@ class Collator:
         pad: np.ndarray,
         source: np.ndarray,
         epoch: int,
+        regions: tuple | None = None,
     ) -> Batch:
         cfg, b = self.cfg, len(items)
-        seed = cfg.seed
-        rngs = [np.random.default_rng([seed, epoch, int(p), 3]) for p in positions]
-        texts = [
-            self._text(d, int(e[TEXT]), r) for d, e, r in zip(items, entries, rngs, strict=True)
-        ]
+        rng = np.random.default_rng([cfg.seed, epoch, int(positions[0]), 3])
+        texts = [self._text(d, int(e[TEXT]), rng) for d, e in zip(items, entries, strict=True)]
         pretrain = cfg.task == "pretrain"
         itm = None
         if pretrain and cfg.itm_prob > 0 and b > 1:
-            batch_rng = np.random.default_rng([seed, epoch, int(positions[0]), 4])
-            flags = itm_flags(b, batch_rng, cfg.itm_prob)
-            swapped = [
-                texts[pick_negative(b, i, batch_rng)] if flags[i] else texts[i] for i in range(b)
-            ]
-            texts = swapped
+            flags = itm_flags(b, rng, cfg.itm_prob)
+            texts = [texts[pick_negative(b, i, rng)] if flags[i] else texts[i] for i in range(b)]
             itm = (~flags).astype(np.int64)
         ids, types, att = self._pack(texts)
-        feats, boxes, rmask, cls = self._regions(items)
+        feats, boxes, rmask = regions if regions is not None else self.regions(items)
         out = dict(
             input_ids=ids, token_type_ids=types, attention_mask=att,
             boxes=boxes, region_mask=rmask, is_pad=pad.astype(bool), source=source,
         )  # fmt: skip
         if pretrain:
-            self._mask(out, ids, att, feats, rmask, cls, itm, rngs)
+            self._mask(out, ids, att, feats, rmask, items, itm, rng)
         else:
             out["targets"] = self._targets(texts)
         out["feats"] = feats
@@ -148,45 +145,61 @@ class Collator:
         return ids, types, att
 
     # -- regions
-    def _regions(self, items: list[Decoded]) -> tuple[np.ndarray, ...]:
+    def regions(self, items: list[Decoded], pool=None) -> tuple[np.ndarray, ...]:
+        """Padded batch buffers (feats, boxes, region mask) of `items`. The detector class
+        distributions are not copied here: only the masked regions' rows are gathered.
+        With a thread `pool`, halves of the batch are copied concurrently (numpy releases
+        the GIL while copying): the copy is most of a batch's bytes."""
         r, b = self.cfg.max_regions, len(items)
-        feats = np.zeros((b, r, self.dim), dtype=np.float16)
+        # empty, not zeros: a fresh zeroed buffer is written twice (page faults on zero
+        # pages, then the copy); only each row's padding tail is zeroed below
+        feats = np.empty((b, r, self.dim), dtype=np.float16)
         boxes = np.zeros((b, r, 4), dtype=np.float32)
         mask = np.zeros((b, r), dtype=np.int64)
-        cls = np.zeros((b, r, self.cls_dim), dtype=np.float16) if self.cls_dim else None
-        for i, d in enumerate(items):
-            n = min(len(d.feats), r)
-            feats[i, :n] = d.feats[:n]
-            boxes[i, :n] = d.boxes[:n]
-            mask[i, :n] = 1
-            if cls is not None and d.cls_prob is not None:
-                cls[i, :n] = d.cls_prob[:n]
-        return feats, boxes, mask, cls
+
+        def copy(rows: range) -> None:
+            for i in rows:
+                d = items[i]
+                n = min(len(d.feats), r)
+                feats[i, :n] = d.feats[:n]
+                feats[i, n:] = 0
+                boxes[i, :n] = d.boxes[:n]
+                mask[i, :n] = 1
+
+        if pool is None or b < 2:
+            copy(range(b))
+        else:
+            list(pool.map(copy, (range(0, b // 2), range(b // 2, b))))
+        return feats, boxes, mask
 
     # -- pretraining objectives
-    def _mask(self, out, ids, att, feats, rmask, cls, itm, rngs) -> None:
+    def _mask(self, out, ids, att, feats, rmask, items, itm, rng) -> None:
+        """MLM and MRM for the whole batch at once; a mismatched pair (ITM negative) gets
+        neither, it teaches matching only (as ViLBERT does)."""
         cfg, tok = self.cfg, self.tok
+        matched = np.ones(len(ids), dtype=bool) if itm is None else itm == 1
+        maskable = (att == 1) & ~np.isin(ids, tok.special) & matched[:, None]
         labels = np.full_like(ids, IGNORE)
+        if cfg.mlm_prob > 0:
+            ids[:], labels = mask_tokens(
+                ids, maskable, rng, vocab_size=tok.vocab_size, mask_id=tok.mask,
+                prob=cfg.mlm_prob, special_ids=tok.special,
+            )  # fmt: skip
         mrm = np.zeros(rmask.shape, dtype=bool)
-        originals = feats.copy()
-        special = np.isin(ids, tok.special)
-        for i, rng in enumerate(rngs):
-            if itm is not None and itm[i] == 0:
-                continue  # a mismatched pair teaches matching only (as ViLBERT does)
-            maskable = (att[i] == 1) & ~special[i]
-            if cfg.mlm_prob > 0:
-                ids[i], labels[i] = mask_tokens(
-                    ids[i], maskable, rng, vocab_size=tok.vocab_size, mask_id=tok.mask,
-                    prob=cfg.mlm_prob, special_ids=tok.special,
-                )  # fmt: skip
-            if cfg.mrm_prob > 0:
-                feats[i], mrm[i] = mask_regions(
-                    feats[i], rmask[i] == 1, rng, prob=cfg.mrm_prob, zero_prob=cfg.mrm_zero_prob
-                )
+        originals = feats[:0].reshape(0, feats.shape[-1])
+        if cfg.mrm_prob > 0:
+            valid = (rmask == 1) & matched[:, None]
+            mrm, zeroed = select_regions(valid, rng, prob=cfg.mrm_prob, zero_prob=cfg.mrm_zero_prob)
+            originals = feats[mrm]  # a copy of the selected rows only: the regression targets
+            feats[zeroed] = 0  # our own batch buffer
         out["mlm_labels"] = labels
         out["mrm_mask"] = mrm
         out["mrm_feats"] = originals
-        if cls is not None:
+        if self.cls_dim:
+            cls = np.zeros((int(mrm.sum()), self.cls_dim), dtype=np.float16)
+            for k, (i, r) in enumerate(zip(*np.nonzero(mrm), strict=True)):
+                if items[i].cls_prob is not None:
+                    cls[k] = items[i].cls_prob[r]
             out["mrm_cls"] = cls
         if itm is not None:
             out["itm_labels"] = itm

@@ -11,12 +11,22 @@ pickle (object dtypes are refused).
 from __future__ import annotations
 
 import ast
+import functools
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 BLOCK = 512
+_ZERO_BLOCK = b"\0" * BLOCK
+
+
+def _CHKSUM_FIELD(header: bytes) -> int:  # noqa: N802
+    """The checksum is computed with its own 8 bytes counted as spaces."""
+    return sum(header[148:156]) - 8 * 32
+
+
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -44,10 +54,12 @@ def members(buf: bytes | memoryview) -> tuple[str, dict[str, memoryview]]:
     pos, key, out = 0, None, {}
     while pos + BLOCK <= len(view):
         header = bytes(view[pos : pos + BLOCK])
-        if header == b"\0" * BLOCK:
+        if header == _ZERO_BLOCK:
             break
         stored = _octal(header[148:156])
-        if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+        if stored != int(np.frombuffer(header, np.uint8).sum(dtype=np.int64)) - _CHKSUM_FIELD(
+            header
+        ):
             raise CorruptSample(f"tar header checksum mismatch at byte {pos}")
         size = _octal(header[124:136])
         name = header[:100].split(b"\0", 1)[0]
@@ -82,20 +94,28 @@ def npy(payload: memoryview) -> np.ndarray:
         hlen, start = int.from_bytes(payload[8:12], "little"), 12
     else:
         raise CorruptSample(f"unknown .npy version {major}")
-    try:
-        header = ast.literal_eval(bytes(payload[start : start + hlen]).decode("latin1"))
-        dtype = np.dtype(header["descr"])
-        shape = tuple(header["shape"])
-    except (ValueError, SyntaxError, KeyError, TypeError) as e:
-        raise CorruptSample(f"bad .npy header: {e}") from None
-    if dtype.hasobject:
-        raise CorruptSample(".npy holds Python objects (pickle); refused")
-    count = int(np.prod(shape)) if shape else 1
+    dtype, shape, order = _npy_header(bytes(payload[start : start + hlen]))
+    count = math.prod(shape)
     offset = start + hlen
     if offset + count * dtype.itemsize > len(payload):
         raise CorruptSample(".npy payload shorter than its header says")
     arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
-    return arr.reshape(shape, order="F" if header.get("fortran_order") else "C")
+    return arr.reshape(shape, order=order)
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(text: bytes) -> tuple[np.dtype, tuple[int, ...], str]:
+    """Parsed .npy header dict, cached: a set's arrays share a handful of headers, and
+    parsing one (literal_eval, dtype construction) costs more than viewing the array."""
+    try:
+        header = ast.literal_eval(text.decode("latin1"))
+        dtype = np.dtype(header["descr"])
+        shape = tuple(int(n) for n in header["shape"])
+    except (ValueError, SyntaxError, KeyError, TypeError) as e:
+        raise CorruptSample(f"bad .npy header: {e}") from None
+    if dtype.hasobject:
+        raise CorruptSample(".npy holds Python objects (pickle); refused")
+    return dtype, shape, "F" if header.get("fortran_order") else "C"
 
 
 def decode(buf: bytes | memoryview) -> Decoded:

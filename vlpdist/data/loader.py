@@ -4,7 +4,9 @@
  -> epoch plan: order, mixing, split over ranks and workers        (plan.py, pure)
  -> fetch: byte ranges of the batch's samples, read ahead          (fetch.py, threads)
  -> decode: tar headers → zero-copy arrays + json                  (decode.py)
- -> collate: pack texts, pad regions, mask, targets → Batch        (collate.py)
+ -> regions: copy features and boxes into padded batch buffers     (collate.py)
+ -> collate: pack texts, mask, targets → Batch                     (collate.py)
+(fetch and decode run ahead in a prefetch thread; regions and collate in the worker's own.)
 
 Workers are torch DataLoader processes; worker w builds rank-local batches w, w + n, ...
 and the DataLoader takes one batch from each worker in turn, so batches arrive in plan
@@ -34,7 +36,7 @@ from vlpdist.errors import ShardError, VlpdistError
 from vlpdist.storage import Storage
 
 log = logging.getLogger(__name__)
-STAGES = ("fetch_s", "decode_s", "collate_s")
+STAGES = ("fetch_s", "decode_s", "regions_s", "collate_s")
 
 
 class ShardStream(IterableDataset):
@@ -61,12 +63,13 @@ class ShardStream(IterableDataset):
 
     def sequence(self, epoch: int) -> np.ndarray:
         per_text = self.cfg.task != "pretrain"
+        c = self.cfg
         orders = [
-            P.epoch_order(s.plan.units(per_text), self.cfg.seed, epoch, i, self.cfg.shuffle_window)
+            P.epoch_order(s.plan.units(per_text), c.seed, epoch, i, c.shuffle_window, c.read_span)
             for i, s in enumerate(self.sources)
         ]
         weights = [s.weight for s in self.sources]
-        return P.global_sequence(orders, weights, self.cfg.seed, epoch, self.cfg.samples_per_epoch)
+        return P.global_sequence(orders, weights, c.seed, epoch, c.samples_per_epoch, c.read_span)
 
     def rank_plan(self) -> P.RankPlan:
         seq = self.sequence(self.epoch)
@@ -78,31 +81,45 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         plan = self.rank_plan()
-        stats: dict = {}
         # a fresh Storage per process: filesystem objects must not cross a fork
-        fetcher = Fetcher(Storage(self.storage_cfg), self.sources, self.cfg.read_threads, stats)
+        fetcher = Fetcher(Storage(self.storage_cfg), self.sources, self.cfg.read_threads)
+        # Two threads per worker: the prefetch thread reads and decodes ahead; this one copies
+        # regions into the batch buffers (numpy releases the GIL while copying, so it overlaps
+        # the other thread's decoding), packs texts and masks.
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlpdist-prefetch")
+        copier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlpdist-copy")
         steps = list(P.worker_steps(plan.steps, worker, workers))
         queue: deque = deque()
         try:
             for step in steps[: self.cfg.prefetch]:
-                queue.append(ahead.submit(fetcher.fetch, plan.entries[step]))
+                queue.append(ahead.submit(self._prepare, fetcher, plan, step))
             for n, step in enumerate(steps):
                 t0 = time.perf_counter()
-                raw = queue.popleft().result()
-                stats["wait_fetch_s"] = stats.get("wait_fetch_s", 0.0) + time.perf_counter() - t0
+                items, pad, stats = queue.popleft().result()
+                stats["wait_prepare_s"] = time.perf_counter() - t0
                 if n + self.cfg.prefetch < len(steps):
                     nxt = steps[n + self.cfg.prefetch]
-                    queue.append(ahead.submit(fetcher.fetch, plan.entries[nxt]))
-                batch = self._build(plan, step, raw, stats)
-                delta = dict(stats)
-                stats.clear()
-                yield step, batch, delta
+                    queue.append(ahead.submit(self._prepare, fetcher, plan, nxt))
+                t1 = time.perf_counter()
+                regions = self.collator.regions(items, copier)
+                t2 = time.perf_counter()
+                entries = plan.entries[step]
+                batch = self.collator(
+                    items, entries, plan.positions[step], pad, entries[:, P.SOURCE],
+                    self.epoch, regions,
+                )  # fmt: skip
+                stats["regions_s"] = t2 - t1
+                stats["collate_s"] = time.perf_counter() - t2
+                yield step, batch, stats
         finally:
             ahead.shutdown(wait=False, cancel_futures=True)
+            copier.shutdown(wait=False)
             fetcher.close()
 
-    def _build(self, plan: P.RankPlan, step: int, raw: list, stats: dict) -> Batch:
+    def _prepare(self, fetcher: Fetcher, plan: P.RankPlan, step: int):
+        """fetch → decode → regions of one batch (in the prefetch thread)."""
+        stats: dict = {}
+        raw = fetcher.fetch(plan.entries[step], stats)
         entries, pad = plan.entries[step], plan.pad[step].copy()
         t0 = time.perf_counter()
         items = []
@@ -123,18 +140,12 @@ class ShardStream(IterableDataset):
         if not good:
             raise ShardError(f"{self.sources[0].url}: a whole batch was unreadable (step {step})")
         items = [d if d is not None else good[0] for d in items]
-        t1 = time.perf_counter()
-        batch = self.collator(
-            items, entries, plan.positions[step], pad, entries[:, P.SOURCE], self.epoch
-        )
-        t2 = time.perf_counter()
-        stats["decode_s"] = stats.get("decode_s", 0.0) + t1 - t0
-        stats["collate_s"] = stats.get("collate_s", 0.0) + t2 - t1
-        stats["samples"] = stats.get("samples", 0) + int((~pad).sum())
-        stats["pad_samples"] = stats.get("pad_samples", 0) + int(pad.sum())
+        stats["decode_s"] = time.perf_counter() - t0
+        stats["samples"] = int((~pad).sum())
+        stats["pad_samples"] = int(pad.sum())
         per_source = Counter(int(s) for s in entries[~pad, P.SOURCE])
         stats["per_source"] = {self.sources[k].name: v for k, v in per_source.items()}
-        return batch
+        return items, pad, stats
 
 
 class Loader:
@@ -201,7 +212,7 @@ class Loader:
             "retries": t.get("retries", 0),
             "corrupt_samples": t.get("corrupt_samples", 0),
             "skipped_shards": self.stream.skipped_shards,
-            "seconds": {k: round(t.get(k, 0.0), 4) for k in ("wait_s", "wait_fetch_s", *STAGES)},
+            "seconds": {k: round(t.get(k, 0.0), 4) for k in ("wait_s", "wait_prepare_s", *STAGES)},
             "per_source": dict(t["per_source"]),
             "epoch": self.stream.epoch,
             "consumed": self.stream.consumed,

@@ -1,12 +1,12 @@
-"""Pretraining corruption of ONE sample: masked language modelling, masked region
-modelling and image-text mismatch draws.
+"""Pretraining corruption: masked language modelling, masked region modelling and
+image-text mismatch draws, for one sample or a whole batch at once (leading axes are rows).
 
 Pure functions on numpy arrays; all randomness comes from the `np.random.Generator`
-passed in, so a loader that seeds one generator per sample (from seed, epoch and sample
-key) replays exactly the same masks after a resume. Inputs are never modified in place.
+passed in, so a loader that seeds one generator per batch of the epoch's fixed plan
+replays exactly the same masks after a resume. Inputs are never modified in place.
 
-"At least one" rule: when the Bernoulli draw selects nothing but something could have
-been selected, one eligible position is selected uniformly at random. Short captions
+"At least one" rule: when the Bernoulli draw selects nothing in a row but something could
+have been selected, one eligible position of that row is selected uniformly at random. Short captions
 (~10 tokens at 15%) would otherwise contribute no MLM loss about a fifth of the time,
 and an all -100 label row makes a per-sample mean loss undefined. BERT implementations
 commonly ensure this (UNITER / VL-BERT style); it lifts the effective rate slightly
@@ -30,12 +30,18 @@ def _check_prob(name: str, p: float) -> None:
 
 
 def _select(eligible: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
-    """Bernoulli(prob) over eligible positions, plus the at-least-one rule (off at prob 0,
-    which is how a caller disables masking, e.g. for evaluation)."""
+    """Bernoulli(prob) over eligible positions, plus the at-least-one rule per row (last
+    axis), off at prob 0, which is how a caller disables masking (e.g. for evaluation).
+    The generator advances by the same amount whatever gets selected."""
     selected = (rng.random(eligible.shape) < prob) & eligible
-    if not selected.any() and eligible.any() and prob > 0.0:
-        k = rng.choice(np.flatnonzero(eligible))
-        selected[np.unravel_index(k, selected.shape)] = True
+    keys = rng.random(eligible.shape)  # a uniform eligible position per row, for the rule
+    if prob > 0.0:
+        rows_sel = selected.reshape(-1, eligible.shape[-1])
+        rows_ok = eligible.reshape(-1, eligible.shape[-1])
+        need = rows_ok.any(-1) & ~rows_sel.any(-1)
+        if need.any():
+            pick = np.where(rows_ok, keys.reshape(rows_ok.shape), -1.0).argmax(-1)
+            rows_sel[np.flatnonzero(need), pick[need]] = True
     return selected
 
 
@@ -66,7 +72,7 @@ def mask_tokens(
     prob: float = 0.15,
     special_ids: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """BERT masked language modelling on one token sequence.
+    """BERT masked language modelling on token sequences `ids` [..., T].
 
     Each position with `maskable` True is selected with probability `prob` (the caller
     marks special tokens and padding not maskable); of the selected, 80% become `mask_id`,
@@ -105,27 +111,35 @@ def mask_regions(
     prob: float = 0.15,
     zero_prob: float = 0.9,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Masked region modelling on one image's regions `feats` [N, D].
+    """Masked region modelling on regions `feats` [..., N, D] (one image or a batch).
 
     Each valid region is selected with probability `prob`; a selected region's features
     are zeroed with probability `zero_prob`, else left as they are (the analogue of BERT's
     10% keep, so the model cannot learn that only zero vectors are ever predicted).
-    Returns (a copy of feats with the zeroing applied, selected bool [N]). The caller
+    Returns (a copy of feats with the zeroing applied, selected bool [..., N]). The caller
     builds the targets at selected regions: the detector's `cls_prob` for the KL loss and
     the original features for regression. At-least-one rule as for tokens.
     """
     feats = np.asarray(feats)
     valid = np.asarray(valid, dtype=bool)
-    if feats.ndim < 1 or valid.shape != feats.shape[:1]:
+    if feats.ndim < 2 or valid.shape != feats.shape[:-1]:
         raise ValueError(f"valid {valid.shape} does not match regions of feats {feats.shape}")
-    _check_prob("prob", prob)
-    _check_prob("zero_prob", zero_prob)
-
-    selected = _select(valid, prob, rng)
-    zeroed = selected & (rng.random(valid.shape) < zero_prob)
+    selected, zeroed = select_regions(valid, rng, prob=prob, zero_prob=zero_prob)
     new_feats = feats.copy()
     new_feats[zeroed] = 0
     return new_feats, selected
+
+
+def select_regions(
+    valid: np.ndarray, rng: np.random.Generator, *, prob: float = 0.15, zero_prob: float = 0.9
+) -> tuple[np.ndarray, np.ndarray]:
+    """The draws of `mask_regions` without touching features: (selected, zeroed) bool
+    [..., N]. A batch collator copies the regression targets `feats[selected]` and then
+    zeroes `feats[zeroed]` in its own buffer, instead of copying every feature."""
+    _check_prob("prob", prob)
+    _check_prob("zero_prob", zero_prob)
+    selected = _select(np.asarray(valid, dtype=bool), prob, rng)
+    return selected, selected & (rng.random(selected.shape) < zero_prob)
 
 
 def pick_negative(n: int, i: int, rng: np.random.Generator) -> int:

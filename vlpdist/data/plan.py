@@ -4,10 +4,11 @@ Everything here is a pure function of (manifests, seed, epoch, consumed, world s
 
 1. units      every sample (pretraining: one image) or every text of every sample
               (downstream: one question / hypothesis / plot), from the manifests alone
-2. order      per source and epoch: shards permuted, then the units of each window of
-              `shuffle_window` consecutive shards shuffled together (seeded)
-3. mixing     several sources interleaved by weight (seeded); a source that runs out
-              starts over in the same order
+2. order      per source and epoch: shards permuted, then within each window of
+              `shuffle_window` shards, runs of `read_span` consecutive units shuffled
+              together (seeded); a run is one contiguous read
+3. mixing     several sources interleaved by weight in runs (seeded); a source that runs
+              out starts over in the same order
 4. split      after `consumed` units, batch k of the rest goes to rank k % W; the last round
               is padded with repeats flagged `pad`, so every rank gets the same number of
               batches; rank-local batch j goes to loader worker j % num_workers
@@ -53,29 +54,48 @@ class SourcePlan:
         return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
 
 
-def epoch_order(units: np.ndarray, seed: int, epoch: int, source: int, window: int) -> np.ndarray:
-    """`units` reordered for this epoch: shards permuted, units shuffled within windows."""
+def epoch_order(
+    units: np.ndarray, seed: int, epoch: int, source: int, window: int, span: int = 1
+) -> np.ndarray:
+    """`units` reordered for this epoch: shards permuted, then within each window of
+    `window` shards, runs of `span` consecutive units of a shard shuffled together.
+
+    A run is read as one contiguous byte range (one request on object storage); span 1
+    shuffles single units (best mixing, one request per sample)."""
     if len(units) == 0:
         return units
     shards = np.unique(units[:, 0])
     perm = np.random.default_rng([seed, epoch, source, 0]).permutation(shards)
     rank_of_shard = np.empty(shards.max() + 1, dtype=np.int64)
     rank_of_shard[perm] = np.arange(len(perm))
-    # stable sort by the shard's position in the permutation keeps units grouped per shard
+    # stable sort by the shard's position in the permutation keeps each shard's units
+    # together and in their order within the shard
     by_shard = units[np.argsort(rank_of_shard[units[:, 0]], kind="stable")]
     window_of = rank_of_shard[by_shard[:, 0]] // window
+    idx = np.arange(len(by_shard))
+    new_shard = np.r_[True, by_shard[1:, 0] != by_shard[:-1, 0]]
+    first_of_shard = np.maximum.accumulate(np.where(new_shard, idx, 0))
+    run_in_shard = (idx - first_of_shard) // span
+    run_id = np.cumsum(np.r_[True, (run_in_shard[1:] != run_in_shard[:-1]) | new_shard[1:]]) - 1
     out = np.empty_like(by_shard)
     bounds = np.flatnonzero(np.diff(window_of)) + 1
     for w, (lo, hi) in enumerate(zip([0, *bounds], [*bounds, len(by_shard)], strict=True)):
-        rng = np.random.default_rng([seed, epoch, source, 1, w])
-        out[lo:hi] = by_shard[lo:hi][rng.permutation(hi - lo)]
+        runs = run_id[lo:hi] - run_id[lo]
+        key = np.random.default_rng([seed, epoch, source, 1, w]).permutation(runs[-1] + 1)
+        out[lo:hi] = by_shard[lo:hi][np.argsort(key[runs], kind="stable")]
     return out
 
 
 def global_sequence(
-    orders: list[np.ndarray], weights: list[float], seed: int, epoch: int, length: int | None
+    orders: list[np.ndarray],
+    weights: list[float],
+    seed: int,
+    epoch: int,
+    length: int | None,
+    span: int = 1,
 ) -> np.ndarray:
-    """int64 [L, 4] (source, shard, sample, text): the epoch's units, sources mixed."""
+    """int64 [L, 4] (source, shard, sample, text): the epoch's units, sources mixed by
+    weight in runs of `span` units (so that a source's runs stay contiguous)."""
     sizes = [len(o) for o in orders]
     if length is None:
         length = sum(sizes)
@@ -83,9 +103,9 @@ def global_sequence(
         src = np.zeros(length, dtype=np.int64)
     else:
         p = np.asarray(weights, dtype=np.float64) * (np.asarray(sizes) > 0)
-        src = np.random.default_rng([seed, epoch, 2]).choice(
-            len(orders), size=length, p=p / p.sum()
-        )
+        rng = np.random.default_rng([seed, epoch, 2])
+        pick = rng.choice(len(orders), size=-(-length // span), p=p / p.sum())
+        src = np.repeat(pick, span)[:length]
     seq = np.empty((length, 4), dtype=np.int64)
     seq[:, SOURCE] = src
     for i, order in enumerate(orders):

@@ -1,0 +1,1 @@
+"""`vlpdist bench ...`: speed and memory figures as JSON, with side-by-side baselines."""
