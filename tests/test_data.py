@@ -237,11 +237,11 @@ def world_on_s3(world, s3):
 
 
 def test_s3_with_faults_yields_every_sample_exactly_once(world, world_on_s3, s3):
-    local = epoch_units([Loader(cfg_for(world / "coco_like"))])
+    local = epoch_units([Loader(cfg_for(world / "coco_like", read_span=2))])
     with FaultProxy(s3.endpoint) as proxy:
         storage = StorageConfig(endpoint_url=proxy.url, retry=RetryConfig(8, 0.01, 0.05))
-        proxy.rate(0.25, kinds=("503", "reset", "cut"), seed=1)
-        ld = Loader(cfg_for(world_on_s3, num_workers=2), storage)
+        proxy.rate(0.3, kinds=("503", "reset", "cut"), seed=1)
+        ld = Loader(cfg_for(world_on_s3, num_workers=2, read_span=2), storage)
         got = epoch_units([ld])
     assert got == local  # same order as from local files, nothing lost or repeated
     tel = ld.telemetry()

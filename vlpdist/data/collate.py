@@ -197,9 +197,12 @@ class Collator:
         out["mrm_feats"] = originals
         if self.cls_dim:
             cls = np.zeros((int(mrm.sum()), self.cls_dim), dtype=np.float16)
-            for k, (i, r) in enumerate(zip(*np.nonzero(mrm), strict=True)):
-                if items[i].cls_prob is not None:
-                    cls[k] = items[i].cls_prob[r]
+            k = 0
+            for i, d in enumerate(items):  # row-major order of mrm, one slice per sample
+                rows = np.flatnonzero(mrm[i])
+                if d.cls_prob is not None:
+                    cls[k : k + len(rows)] = d.cls_prob[rows]
+                k += len(rows)
             out["mrm_cls"] = cls
         if itm is not None:
             out["itm_labels"] = itm

@@ -33,10 +33,20 @@ from vlpdist.data.decode import CorruptSample, decode
 from vlpdist.data.fetch import Fetcher
 from vlpdist.data.index import answer_vocab, genre_vocab, open_sources, token_info
 from vlpdist.errors import ShardError, VlpdistError
-from vlpdist.storage import Storage
+from vlpdist.storage import Storage, is_local
 
 log = logging.getLogger(__name__)
 STAGES = ("fetch_s", "decode_s", "regions_s", "collate_s")
+
+
+class _Done:
+    """A finished future: `prepare(fn, ...)` run inline where a thread would not help."""
+
+    def __init__(self, fn, *args):
+        self._value = fn(*args)
+
+    def result(self):
+        return self._value
 
 
 class ShardStream(IterableDataset):
@@ -90,18 +100,22 @@ class ShardStream(IterableDataset):
         copier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlpdist-copy")
         steps = list(P.worker_steps(plan.steps, worker, workers))
         queue: deque = deque()
+        # Local shards are mapped files: reading costs nothing to wait for, and extra
+        # threads would only contend for the GIL. Remote reads go ahead in threads.
+        remote = not all(is_local(u) for s in self.sources for u in s.shard_urls)
+        prepare = ahead.submit if remote else _Done
         try:
             for step in steps[: self.cfg.prefetch]:
-                queue.append(ahead.submit(self._prepare, fetcher, plan, step))
+                queue.append(prepare(self._prepare, fetcher, plan, step))
             for n, step in enumerate(steps):
                 t0 = time.perf_counter()
                 items, pad, stats = queue.popleft().result()
                 stats["wait_prepare_s"] = time.perf_counter() - t0
                 if n + self.cfg.prefetch < len(steps):
                     nxt = steps[n + self.cfg.prefetch]
-                    queue.append(ahead.submit(self._prepare, fetcher, plan, nxt))
+                    queue.append(prepare(self._prepare, fetcher, plan, nxt))
                 t1 = time.perf_counter()
-                regions = self.collator.regions(items, copier)
+                regions = self.collator.regions(items, copier if remote else None)
                 t2 = time.perf_counter()
                 entries = plan.entries[step]
                 batch = self.collator(

@@ -170,7 +170,7 @@ def _verify_shard(
     report.samples += n
     report.bytes += hashing.count
     if not problems and n != shard["num_samples"]:
-        problems.append(f"{n} samples, the manifest says {shard['num_samples']}")
+        problems.append(f"{n} samples, the manifest says {shard['num_samples']} (truncated?)")
     if hashing.count != shard["bytes"]:
         problems.append(f"size {hashing.count} bytes, the manifest says {shard['bytes']}")
     if hashing.sha.hexdigest() != shard["sha256"]:

@@ -36,7 +36,8 @@ from vlpdist.storage import Storage, join
 SHARD_NAME = "{:06d}.tar"
 LABELS = "labels.json"
 MAX_LISTED_REASONS = 20
-TAR_MTIME = 0.0  # fixed header times: the same input gives byte-identical shards
+TAR_MTIME = 0  # fixed header times: the same input gives byte-identical shards; an int,
+# since tarfile writes a float mtime as an extra PAX header before every member
 
 
 class BuildReport:
