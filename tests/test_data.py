@@ -88,15 +88,17 @@ def test_same_seed_same_batches_whatever_the_worker_count(world):
     assert first == runs[0] and second != first
 
 
+@pytest.mark.parametrize("span", [1, 8])
 @pytest.mark.parametrize("sizes", [(2, 1, 4), (3, 2), (1, 3)])
-def test_resume_exact_across_world_sizes(world, sizes):
+def test_resume_exact_across_world_sizes(world, sizes, span):
     """Consume part of an epoch on W ranks, save, continue on W' ranks: nothing lost or
     repeated. Ranks are simulated in one process, each with its own loader."""
     url = world / "coco_like"
     total = json.loads((url / "index.json").read_text())["num_samples"]
     seen, state = [], None
     for phase, world_size in enumerate(sizes):
-        loaders = [Loader(cfg_for(url), rank=r, world_size=world_size) for r in range(world_size)]
+        cfg = cfg_for(url, read_span=span)
+        loaders = [Loader(cfg, rank=r, world_size=world_size) for r in range(world_size)]
         if state:
             for ld in loaders:
                 ld.load_state_dict(state)
@@ -247,3 +249,32 @@ def test_s3_with_faults_yields_every_sample_exactly_once(world, world_on_s3, s3)
     tel = ld.telemetry()
     assert proxy.faults() > 5 and tel["retries"] > 0, (proxy.faults(), tel)
     assert tel["bytes_read"] > 0 and tel["requests"] > 0
+
+
+def test_read_span_keeps_runs_contiguous_and_cuts_requests(world):
+    from vlpdist.data import plan as P
+
+    single = Loader(cfg_for(world / "cc_like", read_span=1, batch_size=8))
+    runs = Loader(cfg_for(world / "cc_like", read_span=4, batch_size=8))
+
+    def segments(seq) -> int:  # maximal stretches of consecutive samples of one shard
+        same = (np.diff(seq[:, P.SAMPLE]) == 1) & (np.diff(seq[:, P.SHARD]) == 0)
+        return int((~same).sum()) + 1
+
+    shards = len(json.loads((world / "cc_like/index.json").read_text())["shards"])
+    seq_runs, seq_single = runs.stream.sequence(0), single.stream.sequence(0)
+    assert segments(seq_runs) <= len(seq_runs) // 4 + shards  # runs cut only at shard ends
+    assert segments(seq_single) > 2 * segments(seq_runs)
+    a, b = epoch_units([single]), epoch_units([runs])
+    assert sorted(a) == sorted(b) and a != b  # same epoch content, another order
+    assert runs.telemetry()["requests"] * 1.8 < single.telemetry()["requests"]
+
+
+def test_bench_data_cli_emits_the_figures(run_cli):
+    out = run_cli("bench", "data", "--samples", "48", "--repeats", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    for key in ("samples_per_s", "raw_samples_per_s", "ratio_to_raw",
+                "wds_baseline_samples_per_s", "speedup_vs_wds"):  # fmt: skip
+        assert d[key] > 0, key
+    assert d["samples"] == 48 and d["telemetry"]["samples"] == 48
