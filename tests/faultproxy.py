@@ -6,7 +6,7 @@ injects a seeded random fault into a fraction p of requests. Every request is lo
 (method, path, Range header, fault) so tests can see retries and resume offsets.
   503    answer 503 SlowDown (S3's throttling reply) without contacting the server
   reset  close the connection with a TCP reset before answering
-  cut    forward, then send the headers and only half the body, then reset (GET only)
+  cut    forward, then send the headers and only half the body, then close (GET only)
 """
 
 from __future__ import annotations
@@ -129,9 +129,13 @@ class FaultProxy:
                 self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if fault == "cut" and len(data) > 1:
+                    # half the body, then a clean close: the client gets those bytes and
+                    # then an early end of the body (a reset would discard them unread)
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
-                    return self._reset()
+                    self.connection.shutdown(socket.SHUT_WR)
+                    self.close_connection = True
+                    return
                 if self.command != "HEAD":
                     self.wfile.write(data)
 

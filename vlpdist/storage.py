@@ -271,8 +271,13 @@ class Storage:
         return int(self.call("stat", url, lambda: fs.size(path)))
 
     def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
-        """The whole object, or bytes [start, end)."""
+        """The whole object, or bytes [start, end). On S3 a range is streamed into a buffer
+        that outlives a failed attempt, so a retry asks only for the bytes still missing."""
         fs, path = self.filesystem(url)
+        if split_protocol(url)[0] in ("s3", "s3a") and start is not None and end is not None:
+            got = bytearray()
+            self.call("read", url, lambda: _s3_range_into(fs, path, start + len(got), end, got))
+            return bytes(got)
         return self.call("read", url, lambda: fs.cat_file(path, start=start, end=end))
 
     def read_text(self, url: str) -> str:
@@ -366,6 +371,31 @@ class Storage:
         self.call("delete", url, lambda: fs.rm(path, recursive=recursive))
 
 
+def _s3_range_into(fs, path: str, start: int, end: int, out: bytearray) -> None:
+    """GET bytes [start, end) of an S3 object, appending to `out` as they arrive: when the
+    connection breaks mid-body, what was received stays in `out` for the next attempt.
+    (s3fs's cat_file reads the whole body before returning, losing a partial read.)"""
+    from fsspec.asyn import sync
+
+    if start >= end:
+        return
+    bucket, key, version = fs.split_path(path)
+
+    async def fetch() -> None:
+        kw = {"VersionId": version} if version else {}
+        resp = await fs._call_s3(
+            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **kw
+        )
+        body = resp["Body"]
+        try:
+            while chunk := await body.read(1 << 20):
+                out.extend(chunk)
+        finally:
+            body.close()
+
+    sync(fs.loop, fetch)
+
+
 class _RangeReader(io.RawIOBase):
     """Raw sequential reader over ranged GETs; each range is retried by `Storage.call`,
     so a connection reset mid-object resumes at the exact byte offset."""
@@ -377,6 +407,15 @@ class _RangeReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def readall(self) -> bytes:
+        # RawIOBase's default reads 8 KB at a time: one request each
+        parts = []
+        while self.pos < self.total:
+            end = min(self.total, self.pos + self.chunk_size)
+            parts.append(self.storage.read_bytes(self.url, self.pos, end))
+            self.pos = end
+        return b"".join(parts)
 
     def readinto(self, b) -> int:
         if self.pos >= self.total:
