@@ -1,11 +1,14 @@
 """`vlpdist demo`: the main job on the embedded default, the synthetic world.
 
-Today: synthetic world → shards → verify → inspect. Later stages (streaming, pretraining,
+Today: synthetic world → shards → verify → inspect → stream a few batches (pretraining
+mix and the VQA-like task) with the loader's telemetry. Later stages (pretraining,
 fine-tuning, the study and its report) join here as they land.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -45,4 +48,38 @@ def run_demo(out: str, overrides: list[str] | tuple[str, ...] = ()) -> int:
     for name in list(manifests)[:1] + [n for n in manifests if n.startswith("vqa")][:1]:
         print()
         print(format_inspect(inspect(storage, join(out, "shards", name), n_samples=2)))
+    stream_some(cfg, out)
     return 1 if failed else 0
+
+
+def stream_some(cfg: Config, out: str, batches: int = 4) -> None:
+    """A few batches of the in-domain pretraining mix and of the VQA-like task, with the
+    loader's telemetry."""
+    from vlpdist.config import DataSource
+    from vlpdist.data.loader import Loader
+
+    runs = {
+        "pretrain (coco_like 0.5 + vqa_p 0.5)": dataclasses.replace(
+            cfg.data,
+            sources=[DataSource(join(out, "shards", n), 0.5) for n in ("coco_like", "vqa_p")],
+            task="pretrain",
+        ),
+        "vqa (vqa_train)": dataclasses.replace(
+            cfg.data, sources=[DataSource(join(out, "shards", "vqa_train"))], task="vqa"
+        ),
+    }
+    for title, data in runs.items():
+        loader = Loader(data, cfg.storage)
+        print(f"\nstreaming {title}: {len(loader)} batches of {data.batch_size} per epoch")
+        for i, batch in enumerate(loader):
+            if i == 0:
+                shapes = {
+                    f.name: list(v.shape)
+                    for f in dataclasses.fields(batch)
+                    for v in [getattr(batch, f.name)]
+                    if hasattr(v, "shape")
+                }
+                print(f"  batch 0: {shapes}")
+            if i + 1 == batches:
+                break
+        print("  telemetry: " + json.dumps(loader.telemetry()))
