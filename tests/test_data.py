@@ -278,3 +278,17 @@ def test_bench_data_cli_emits_the_figures(run_cli):
                 "wds_baseline_samples_per_s", "speedup_vs_wds"):  # fmt: skip
         assert d[key] > 0, key
     assert d["samples"] == 48 and d["telemetry"]["samples"] == 48
+
+
+def test_any_fsspec_protocol_and_stage_telemetry(world):
+    st = Storage()
+    src = world / "coco_like"
+    for path in src.rglob("*"):
+        if path.is_file():
+            st.write_bytes(f"memory://vlp/coco/{path.relative_to(src)}", path.read_bytes())
+    ld = Loader(cfg_for("memory://vlp/coco"))
+    got = epoch_units([ld])
+    assert got == epoch_units([Loader(cfg_for(src))])
+    tel = ld.telemetry()
+    assert tel["bytes_read"] > 0 and tel["requests"] > 0
+    assert all(tel["seconds"][k] > 0 for k in ("fetch_s", "decode_s", "regions_s", "mask_s"))

@@ -12,6 +12,7 @@ masking run vectorised over the whole batch.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,7 @@ class Collator:
         self.cfg, self.tok, self.dim, self.cls_dim = cfg, tok, feature_dim, cls_dim
         self.labels = labels or []
         self.label_index = {a: i for i, a in enumerate(self.labels)}
+        self.mask_s = 0.0  # seconds spent masking (telemetry reads and resets it)
 
     def __call__(
         self,
@@ -105,7 +107,9 @@ class Collator:
             boxes=boxes, region_mask=rmask, is_pad=pad.astype(bool), source=source,
         )  # fmt: skip
         if pretrain:
+            t0 = time.perf_counter()
             self._mask(out, ids, att, feats, rmask, items, itm, rng)
+            self.mask_s += time.perf_counter() - t0
         else:
             out["targets"] = self._targets(texts)
         out["feats"] = feats
