@@ -17,13 +17,11 @@ restoring it on any world size continues with exactly the units not yet consumed
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlpdist.config import DataConfig, StorageConfig
@@ -254,8 +252,4 @@ class Loader:
         s.epoch, s.consumed = int(state["epoch"]), int(state["consumed"])
 
 
-def worker_count_hint() -> int:
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
-__all__ = ["Batch", "Loader", "ShardStream", "torch"]
+__all__ = ["Batch", "Loader", "ShardStream"]
