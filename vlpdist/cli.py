@@ -94,6 +94,12 @@ def cmd_bench_data(args) -> int:
     return bench_data(args)
 
 
+def cmd_bench_model(args) -> int:
+    from vlpdist.bench.model import main as bench_model
+
+    return bench_model(args)
+
+
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     if required:
         p.add_argument("config", help="YAML config file")
@@ -153,6 +159,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     p.add_argument("--json", action="store_true", help="one-line JSON (default: indented)")
     p.set_defaults(fn=cmd_bench_data)
+
+    p = bench.add_parser("model", help="params, FLOPs, CPU step time vs transformers")
+    p.add_argument("--flavors", nargs="+", default=["tiny", "small"], help="flavors to time")
+    p.add_argument("--batch", type=int, default=32, help="samples per step")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median)")
+    p.add_argument("--json", action="store_true", help="one JSON line per model")
+    p.set_defaults(fn=cmd_bench_model)
 
     p = sub.add_parser("demo", help="the main job on the embedded synthetic world")
     p.add_argument("--out", default="demo_out", help="output root (any storage URL)")

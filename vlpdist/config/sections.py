@@ -128,8 +128,12 @@ class DataConfig:
 class ModelConfig:
     arch: Literal["visual_bert", "vilbert"] = "visual_bert"
     """Architecture."""
-    flavor: Literal["tiny", "base"] = "tiny"
-    """Named size: tiny for CPU tests, base for the paper's sizes."""
+    flavor: Literal["tiny", "small", "base"] = "tiny"
+    """Named size (vlpdist/models/flavors.py): tiny for CPU tests, base for the paper's."""
+    sizes: dict[str, int | float | list[int]] = field(default_factory=dict)
+    """Single numbers of the flavor overridden, e.g. {num_layers: 6, hidden_size: 384}."""
+    freeze_base: bool = False
+    """Train only the head (the paper's frozen-base transfer)."""
     text_init: str | None = None
     """HF BERT checkpoint directory (or hub name) for the text stream; None = random."""
     objectives: list[Literal["mlm", "mrc", "mfr", "itm"]] = field(
