@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from transformers import VisualBertConfig, VisualBertModel
 
+from vlpdist.models.base import INIT_STD, PAD_ID
 from vlpdist.models.flavors import DataDims, VisualBertSize
-from vlpdist.models.visual_bert import INIT_STD, PAD_ID, VisualBertEncoder
+from vlpdist.models.visual_bert import VisualBertEncoder
 
 
 def hf_config(size: VisualBertSize, dims: DataDims) -> VisualBertConfig:

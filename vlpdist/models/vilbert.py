@@ -16,13 +16,12 @@ import torch
 from torch import nn
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 
-from vlpdist.models.base import Encoder, EncoderOutput, sdpa_mask
+from vlpdist.models.base import Encoder, EncoderOutput, init_bert_weights, sdpa_mask
 from vlpdist.models.flavors import DataDims, ViLBertSize
 from vlpdist.models.vilbert_layers import (
     ConnectionLayer,
     ImageEmbeddings,
     Pooler,
-    init_bert_weights,
     stream_config,
 )
 

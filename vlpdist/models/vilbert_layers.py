@@ -15,12 +15,11 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput
 
+from vlpdist.models.base import bert_config
 from vlpdist.models.flavors import ViLBertSize
 
 # BERT's [PAD] id in the uncased vocabulary and our synthetic tokenizer (as visual_bert.py):
 # it only zeroes that row at init and keeps its gradient at zero; pads are never attended to
-PAD_ID = 0
-INIT_STD = 0.02  # initializer_range of vilbert's configs
 
 
 def stream_config(
@@ -30,23 +29,13 @@ def stream_config(
     text = stream == "text"
     if intermediate_size is None:
         intermediate_size = size.intermediate_size if text else size.v_intermediate_size
-    return BertConfig(
+    return bert_config(
+        hidden=size.hidden_size if text else size.v_hidden_size,
+        layers=size.num_layers if text else size.v_num_layers,
+        heads=size.num_heads if text else size.v_num_heads,
+        intermediate=intermediate_size,
+        size=size,
         vocab_size=vocab_size,
-        hidden_size=size.hidden_size if text else size.v_hidden_size,
-        num_hidden_layers=size.num_layers if text else size.v_num_layers,
-        num_attention_heads=size.num_heads if text else size.v_num_heads,
-        intermediate_size=intermediate_size,
-        hidden_act="gelu",
-        hidden_dropout_prob=size.dropout,
-        attention_probs_dropout_prob=size.attention_dropout,
-        max_position_embeddings=size.max_position,
-        type_vocab_size=size.type_vocab_size,
-        layer_norm_eps=size.layer_norm_eps,
-        initializer_range=INIT_STD,
-        pad_token_id=PAD_ID,
-        # BertSelfAttention looks its kernel up by this name on every call; "sdpa" is
-        # transformers' thin wrapper around F.scaled_dot_product_attention
-        attn_implementation="sdpa",
     )
 
 
@@ -161,19 +150,3 @@ class Pooler(nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.dense(states[:, 0]))
-
-
-@torch.no_grad()
-def init_bert_weights(module: nn.Module) -> None:
-    """vilbert's `init_weights` (BERT's): N(0, 0.02) weights, zero biases, identity
-    LayerNorms, zero padding row. PyTorch's defaults (kaiming, N(0, 1) embeddings) would
-    give a differently scaled model from the one the paper trained."""
-    if isinstance(module, nn.Linear | nn.Embedding):
-        module.weight.normal_(0.0, INIT_STD)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        module.bias.zero_()
-    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-        module.weight[module.padding_idx].zero_()
-    if isinstance(module, nn.LayerNorm):
-        module.weight.fill_(1.0)
-        module.bias.zero_()

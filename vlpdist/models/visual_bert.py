@@ -14,34 +14,24 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEncoder, BertPooler
 
-from vlpdist.models.base import Encoder, EncoderOutput, sdpa_mask
+from vlpdist.models.base import (
+    Encoder,
+    EncoderOutput,
+    bert_config,
+    init_bert_weights,
+    sdpa_mask,
+)
 from vlpdist.models.flavors import DataDims, VisualBertSize
 
 # BERT's [PAD] id in the uncased vocabulary and in our synthetic tokenizer; it only zeroes that
 # embedding row at init and keeps its gradient at zero (pad tokens are never attended to)
-PAD_ID = 0
-INIT_STD = 0.02  # BERT's initializer_range
 
 
-def bert_config(size: VisualBertSize, vocab_size: int) -> BertConfig:
-    return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=size.hidden_size,
-        num_hidden_layers=size.num_layers,
-        num_attention_heads=size.num_heads,
-        intermediate_size=size.intermediate_size,
-        hidden_act="gelu",
-        hidden_dropout_prob=size.dropout,
-        attention_probs_dropout_prob=size.attention_dropout,
-        max_position_embeddings=size.max_position,
-        type_vocab_size=size.type_vocab_size,
-        layer_norm_eps=size.layer_norm_eps,
-        initializer_range=INIT_STD,
-        pad_token_id=PAD_ID,
-        # BertSelfAttention looks the kernel up by this name on every call; "sdpa" is
-        # transformers' thin wrapper around F.scaled_dot_product_attention
-        attn_implementation="sdpa",
-    )
+def visual_bert_config(size: VisualBertSize, vocab_size: int) -> BertConfig:
+    return bert_config(
+        hidden=size.hidden_size, layers=size.num_layers, heads=size.num_heads,
+        intermediate=size.intermediate_size, size=size, vocab_size=vocab_size,
+    )  # fmt: skip
 
 
 class VisualBertEmbeddings(nn.Module):
@@ -79,12 +69,12 @@ class VisualBertEncoder(Encoder):
     def __init__(self, size: VisualBertSize, dims: DataDims):
         super().__init__()
         self.size, self.dims = size, dims
-        self.config = bert_config(size, dims.vocab_size)
+        self.config = visual_bert_config(size, dims.vocab_size)
         self.text_dim = self.image_dim = self.pooled_dim = size.hidden_size
         self.embeddings = VisualBertEmbeddings(self.config, dims.visual_dim)
         self.encoder = BertEncoder(self.config)
         self.pooler = BertPooler(self.config)
-        self.apply(_init_bert)
+        self.apply(init_bert_weights)
         self.copy_text_to_visual_embeddings()
 
     @property
@@ -124,19 +114,3 @@ class VisualBertEncoder(Encoder):
         mask = sdpa_mask(torch.cat((attention_mask, region_mask), dim=1))
         hidden = self.encoder(hidden, attention_mask=mask).last_hidden_state
         return EncoderOutput(text=hidden[:, :t], image=hidden[:, t:], pooled=self.pooler(hidden))
-
-
-@torch.no_grad()
-def _init_bert(module: nn.Module) -> None:
-    """BERT's init (as transformers' `_init_weights`): N(0, 0.02) weights, zero biases,
-    identity LayerNorms, zero padding row. PyTorch's defaults (kaiming, N(0, 1) embeddings)
-    would give a differently scaled model from the one the paper trained."""
-    if isinstance(module, nn.Linear | nn.Embedding):
-        module.weight.normal_(0.0, INIT_STD)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        module.bias.zero_()
-    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-        module.weight[module.padding_idx].zero_()
-    if isinstance(module, nn.LayerNorm):
-        module.weight.fill_(1.0)
-        module.bias.zero_()
