@@ -88,6 +88,16 @@ def cmd_demo(args) -> int:
 OVERRIDES = "trailing key=value arguments override the config, e.g. optim.lr=1e-4"
 
 
+def cmd_pretrain(args) -> int:
+    from vlpdist.engine.loop import pretrain
+
+    result = pretrain(_config(args))
+    last = result["history"][-1] if result["history"] else {}
+    print(json.dumps({"run": result["run"], "steps": result["steps"],
+                      "resumed_from": result["resumed_from"], "last": last}))  # fmt: skip
+    return 0
+
+
 def cmd_bench_data(args) -> int:
     from vlpdist.bench.data import main as bench_data
 
@@ -118,6 +128,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", action="store_true", help="the file is a shard build recipe")
     _add_config_args(p)
     p.set_defaults(fn=cmd_config_show)
+
+    p = sub.add_parser("pretrain", help="pretrain with DeepSpeed (resumes automatically)")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_pretrain)
 
     sh = sub.add_parser("shards", help="build, inspect, verify shards").add_subparsers(
         dest="sub", required=True

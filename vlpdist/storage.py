@@ -312,6 +312,20 @@ class Storage:
         prefix = "" if proto == "file" else f"{proto}://"
         return sorted(prefix + e.rstrip("/") for e in entries)
 
+    def find(self, url: str) -> list[str]:
+        """Every file below a directory/prefix as `url`/relative path, sorted; [] when
+        there is none."""
+        fs, path = self.filesystem(url)
+        try:
+            entries = self.call("list", url, lambda: fs.find(path))
+        except StorageError as e:
+            if str(e).endswith(": not found"):
+                return []
+            raise
+        root = path.rstrip("/")
+        rels = [e[len(root) + 1 :] if e.startswith(root + "/") else e for e in entries]
+        return sorted(join(url, r) for r in rels if r)
+
     # -- writing
     def write_bytes(self, url: str, data: bytes) -> None:
         with self.open_write(url) as f:

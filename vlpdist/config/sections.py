@@ -202,6 +202,9 @@ class RunConfig:
     """Updates between log lines."""
     init_from: str | None = None
     """Export directory to start from (fine-tuning)."""
+    trace: str | None = None
+    """Local directory where each rank appends the sample keys of every micro-batch
+    (rank<r>.jsonl): a debugging aid that shows a resumed run consumed exactly the rest."""
 
     def __post_init__(self):
         if self.checkpoint_every < 0 or self.keep_last < 1 or self.log_every < 1:

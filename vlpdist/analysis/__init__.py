@@ -1,0 +1,1 @@
+"""Evaluation and reporting: metric accumulators over model outputs (pure numpy/torch)."""

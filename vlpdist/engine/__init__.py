@@ -1,0 +1,1 @@
+"""Training engine: the only package that imports deepspeed. `loop.pretrain(cfg)`."""

@@ -1,0 +1,35 @@
+"""Learning-rate schedule and optimizer parameter groups: small pure helpers."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def warmup_linear(step: int, warmup: int, total: int) -> float:
+    """Multiplier of the peak lr: linear warmup to 1 over `warmup` updates, then linear decay
+    to 0 at `total` (BERT's and MMF's schedule)."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on biases and LayerNorm weights (as BERT trains)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name == "bias" or isinstance(module, nn.LayerNorm):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    # a tied weight (MLM decoder = word embeddings) is one parameter: list it once
+    seen, unique = set(), []
+    for group in (decay, no_decay):
+        kept = [p for p in group if id(p) not in seen and not seen.add(id(p))]
+        unique.append(kept)
+    return [
+        {"params": unique[0], "weight_decay": weight_decay},
+        {"params": unique[1], "weight_decay": 0.0},
+    ]
