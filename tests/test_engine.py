@@ -113,3 +113,22 @@ def test_global_batch_that_cannot_be_kept_is_refused(world, tmp_path, run_cli):
     assert out.returncode == 2
     assert "deepspeed.global_batch_size: 12 is not a multiple of data.batch_size 8" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_two_ranks_via_the_deepspeed_launcher_zero1_and_zero3_agree(world, tmp_path):
+    """Two real processes per run, started by the deepspeed launcher, on CPU (gloo)."""
+    losses = {}
+    for stage in (1, 3):
+        out = tmp_path / f"z{stage}"
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2",
+               "--master_port", str(29600 + stage), "--module", "vlpdist",
+               *args(world, str(out), 4, f"deepspeed.zero_stage={stage}", "optim.warmup_steps=1",
+                     "run.checkpoint_every=2")]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        summaries = [line for line in proc.stdout.splitlines() if line.startswith('{"run"')]
+        assert proc.returncode == 0 and len(summaries) == 1, proc.stderr[-3000:]  # rank 0 only
+        losses[stage] = [h["loss"] for h in json.loads(summaries[0])["history"]]
+        shards = {p.name for p in (out / "tiny/checkpoints/00000004/state").iterdir()}
+        assert sum("optim_states" in s for s in shards) == 2  # one optimizer shard per rank
+    assert len(losses[1]) == 4
+    assert losses[1] == pytest.approx(losses[3], rel=1e-4)

@@ -92,9 +92,11 @@ def cmd_pretrain(args) -> int:
     from vlpdist.engine.loop import pretrain
 
     result = pretrain(_config(args))
-    last = result["history"][-1] if result["history"] else {}
-    print(json.dumps({"run": result["run"], "steps": result["steps"],
-                      "resumed_from": result["resumed_from"], "last": last}))  # fmt: skip
+    if result["rank"] == 0:  # one summary per job, not one per rank
+        last = result["history"][-1] if result["history"] else {}
+        print(json.dumps({"run": result["run"], "steps": result["steps"],
+                          "resumed_from": result["resumed_from"], "last": last,
+                          "history": result["history"]}))  # fmt: skip
     return 0
 
 
@@ -121,6 +123,9 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vlpdist", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    # the deepspeed launcher passes --local_rank=N before the script's own arguments; the
+    # engine reads LOCAL_RANK from the environment, as for torchrun
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="command", required=True)
 
     cfg = sub.add_parser("config", help="configs").add_subparsers(dest="sub", required=True)

@@ -93,7 +93,7 @@ def pretrain(cfg: Config) -> dict:
         step = state["step"]
     history = _fit(cfg, dist, engine, loader, storage, run_url, config_yaml, step)
     return {"run": run_url, "resumed_from": resumed_from, "steps": engine.global_steps,
-            "history": history}  # fmt: skip
+            "history": history, "rank": dist.rank}  # fmt: skip
 
 
 def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml, step) -> list:
