@@ -50,6 +50,14 @@ def test_pretrain_learns_and_keeps_the_last_checkpoints(world, tmp_path, run_cli
     out = run_cli(*args(world, str(tmp_path / "runs"), 24, "optim.lr=3e-3"))
     r = result(out)
     assert r["steps"] == 24 and r["resumed_from"] is None
+    from vlpdist.models.export import load_pretrained
+
+    export = tmp_path / "runs/tiny/export"
+    assert r["export"] == str(export) and (export / "COMMITTED").exists()
+    model = load_pretrained(str(export))  # what fine-tuning starts from
+    assert model.objectives == ("mlm", "mrc") and (export / "tokenizer.json").exists()
+    tuned = load_pretrained(str(export), task="snli_ve")
+    assert list(tuned.heads) == ["task"]
     ckpts = sorted(p.name for p in (tmp_path / "runs/tiny/checkpoints").iterdir())
     assert ckpts == ["00000020", "00000024"]  # run.keep_last = 2
     for name in ckpts:
@@ -105,6 +113,8 @@ def test_checkpoints_and_resume_on_s3(world, s3, run_cli):
     assert {"COMMITTED", "data_state.json", "config.yaml"} <= names and len(files) > 4
     again = result(run_cli(*args(world, s3.url("runs"), 6)))
     assert again["resumed_from"] == s3.url("runs", "tiny", "checkpoints", "00000004")
+    exported = {f.rsplit("/", 1)[-1] for f in Storage().find(s3.url("runs", "tiny", "export"))}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "COMMITTED"} <= exported
 
 
 def test_global_batch_that_cannot_be_kept_is_refused(world, tmp_path, run_cli):
@@ -128,6 +138,7 @@ def test_two_ranks_via_the_deepspeed_launcher_zero1_and_zero3_agree(world, tmp_p
         summaries = [line for line in proc.stdout.splitlines() if line.startswith('{"run"')]
         assert proc.returncode == 0 and len(summaries) == 1, proc.stderr[-3000:]  # rank 0 only
         losses[stage] = [h["loss"] for h in json.loads(summaries[0])["history"]]
+        assert (out / "tiny/export/model.safetensors").exists()  # ZeRO-3: gathered first
         shards = {p.name for p in (out / "tiny/checkpoints/00000004/state").iterdir()}
         assert sum("optim_states" in s for s in shards) == 2  # one optimizer shard per rank
     assert len(losses[1]) == 4

@@ -94,7 +94,7 @@ def cmd_pretrain(args) -> int:
     result = pretrain(_config(args))
     if result["rank"] == 0:  # one summary per job, not one per rank
         last = result["history"][-1] if result["history"] else {}
-        print(json.dumps({"run": result["run"], "steps": result["steps"],
+        print(json.dumps({"run": result["run"], "export": result["export"], "steps": result["steps"],
                           "resumed_from": result["resumed_from"], "last": last,
                           "history": result["history"]}))  # fmt: skip
     return 0

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 
 import torch
@@ -92,7 +93,8 @@ def pretrain(cfg: Config) -> dict:
         loader.load_state_dict(state["data"])
         step = state["step"]
     history = _fit(cfg, dist, engine, loader, storage, run_url, config_yaml, step)
-    return {"run": run_url, "resumed_from": resumed_from, "steps": engine.global_steps,
+    export_url = export(engine, dist, storage, run_url, cfg, loader)
+    return {"export": export_url, "run": run_url, "resumed_from": resumed_from, "steps": engine.global_steps,
             "history": history, "rank": dist.rank}  # fmt: skip
 
 
@@ -147,3 +149,37 @@ def _tracer(directory: str | None, rank: int):
             f.write(json.dumps({"step": step, "keys": keys}) + "\n")
 
     return write
+
+
+def export(engine, dist: Dist, storage: Storage, run_url: str, cfg: Config, loader: Loader) -> str:
+    """Consolidated weights in the models' HF-style format at <run>/export/ (what fine-tuning
+    takes as `run.init_from`), with the shard set's tokenizer; COMMITTED is written last."""
+    import deepspeed
+
+    from vlpdist.models.export import save_pretrained
+
+    url = join(run_url, "export")
+    params = list(engine.module.parameters())
+    gather = cfg.deepspeed.zero_stage == 3  # ZeRO-3 partitions parameters: gather them first
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=gather):
+        if dist.is_main:
+            with tempfile.TemporaryDirectory() as tmp:
+                tok_dir = _tokenizer_files(storage, loader, os.path.join(tmp, "tokenizer"))
+                out = os.path.join(tmp, "export")
+                save_pretrained(engine.module, out, arch=cfg.model.arch, flavor=cfg.model.flavor,
+                                tokenizer_dir=tok_dir, extra={"run": run_url})  # fmt: skip
+                for name in sorted(os.listdir(out)):
+                    storage.put_file(os.path.join(out, name), join(url, name))
+            storage.write_text(join(url, checkpoint.COMMIT), json.dumps({"run": run_url}))
+    torch.distributed.barrier()
+    return url
+
+
+def _tokenizer_files(storage: Storage, loader: Loader, directory: str) -> str:
+    source = loader.stream.sources[0]
+    tok = source.manifest["tokenizer"]
+    os.makedirs(directory, exist_ok=True)
+    for name in tok["files"]:
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(storage.read_bytes(join(source.url, tok["path"], name)))
+    return directory
