@@ -380,6 +380,19 @@ class Storage:
         self.call("write", url, lambda: fs.put_file(local_path, tmp))
         self.call("commit", url, lambda: fs.mv(tmp, path))
 
+    def get_file(self, url: str, local_path: str) -> None:
+        """Copy the object at `url` to a local file, streamed (not held in memory), retried;
+        the file appears complete or not at all."""
+        os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
+        tmp = f"{local_path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with self.open_read(url) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
+            os.replace(tmp, local_path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
     def rm(self, url: str, recursive: bool = False) -> None:
         fs, path = self.filesystem(url)
         self.call("delete", url, lambda: fs.rm(path, recursive=recursive))

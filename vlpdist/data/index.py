@@ -112,17 +112,21 @@ class TokenInfo:
     special: tuple[int, ...]
 
 
-def token_info(storage: Storage, source: Source) -> TokenInfo:
+def download_tokenizer(storage: Storage, source: Source, directory: str) -> str:
+    """The shard set's tokenizer files (copied next to its shards at build) into `directory`."""
     tok_meta = source.manifest.get("tokenizer")
     if not tok_meta:
         raise ShardError(f"{source.url}: the manifest records no tokenizer")
+    for name in tok_meta["files"]:
+        storage.get_file(join(source.url, tok_meta["path"], name), os.path.join(directory, name))
+    return directory
+
+
+def token_info(storage: Storage, source: Source) -> TokenInfo:
     from transformers import AutoTokenizer  # heavy; once per loader
 
     with tempfile.TemporaryDirectory() as tmp:
-        for name in tok_meta["files"]:
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(storage.read_bytes(join(source.url, tok_meta["path"], name)))
-        tok = AutoTokenizer.from_pretrained(tmp)
+        tok = AutoTokenizer.from_pretrained(download_tokenizer(storage, source, tmp))
     return TokenInfo(
         cls=tok.cls_token_id,
         sep=tok.sep_token_id,

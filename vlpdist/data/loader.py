@@ -67,9 +67,18 @@ class ShardStream(IterableDataset):
             first.manifest.get("cls_prob_dim"), labels,
         )  # fmt: skip
         self.epoch, self.consumed = 0, 0
+        self._seq: tuple[int, np.ndarray] | None = None
         self.skipped_shards = sum(len(s.excluded) for s in self.sources)
 
     def sequence(self, epoch: int) -> np.ndarray:
+        """The epoch's global sequence; kept for the current epoch (the loader, its length and
+        every worker ask for it; forked workers inherit it)."""
+        if self._seq is not None and self._seq[0] == epoch:
+            return self._seq[1]
+        self._seq = (epoch, self._make_sequence(epoch))
+        return self._seq[1]
+
+    def _make_sequence(self, epoch: int) -> np.ndarray:
         per_text = self.cfg.task != "pretrain"
         c = self.cfg
         orders = [
@@ -94,13 +103,15 @@ class ShardStream(IterableDataset):
         # Two threads per worker: the prefetch thread reads and decodes ahead; this one copies
         # regions into the batch buffers (numpy releases the GIL while copying, so it overlaps
         # the other thread's decoding), packs texts and masks.
-        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlpdist-prefetch")
-        copier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlpdist-copy")
-        steps = list(P.worker_steps(plan.steps, worker, workers))
-        queue: deque = deque()
         # Local shards are mapped files: reading costs nothing to wait for, and extra
         # threads would only contend for the GIL. Remote reads go ahead in threads.
         remote = not all(is_local(u) for s in self.sources for u in s.shard_urls)
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlpdist-prefetch")
+        copier = (
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlpdist-copy") if remote else None
+        )
+        steps = list(P.worker_steps(plan.steps, worker, workers))
+        queue: deque = deque()
         prepare = ahead.submit if remote else _Done
         try:
             for step in steps[: self.cfg.prefetch]:
@@ -113,7 +124,7 @@ class ShardStream(IterableDataset):
                     nxt = steps[n + self.cfg.prefetch]
                     queue.append(prepare(self._prepare, fetcher, plan, nxt))
                 t1 = time.perf_counter()
-                regions = self.collator.regions(items, copier if remote else None)
+                regions = self.collator.regions(items, copier)
                 t2 = time.perf_counter()
                 entries = plan.entries[step]
                 batch = self.collator(
@@ -126,7 +137,8 @@ class ShardStream(IterableDataset):
                 yield step, batch, stats
         finally:
             ahead.shutdown(wait=False, cancel_futures=True)
-            copier.shutdown(wait=False)
+            if copier is not None:
+                copier.shutdown(wait=False)
             fetcher.close()
 
     def _prepare(self, fetcher: Fetcher, plan: P.RankPlan, step: int):

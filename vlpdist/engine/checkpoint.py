@@ -89,10 +89,7 @@ def load(engine, dist: Dist, storage: Storage, url: str, zero_stage: int) -> dic
             rel = file_url[len(url.rstrip("/")) + 1 :]  # find() keeps the url as given
             if rel in (COMMIT, DATA_STATE, CONFIG):
                 continue
-            local = os.path.join(staging, rel)
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            with open(local, "wb") as f:
-                f.write(storage.read_bytes(file_url))
+            storage.get_file(file_url, os.path.join(staging, rel))
     tdist.barrier()
     engine.load_checkpoint(staging, tag=TAG)
     tdist.barrier()

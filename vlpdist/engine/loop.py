@@ -18,6 +18,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from vlpdist.config import Config, dump_yaml
+from vlpdist.data.index import download_tokenizer
 from vlpdist.data.loader import Loader
 from vlpdist.engine import checkpoint
 from vlpdist.engine.dist import Dist, init
@@ -164,7 +165,9 @@ def export(engine, dist: Dist, storage: Storage, run_url: str, cfg: Config, load
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=gather):
         if dist.is_main:
             with tempfile.TemporaryDirectory() as tmp:
-                tok_dir = _tokenizer_files(storage, loader, os.path.join(tmp, "tokenizer"))
+                tok_dir = download_tokenizer(
+                    storage, loader.stream.sources[0], os.path.join(tmp, "tokenizer")
+                )
                 out = os.path.join(tmp, "export")
                 save_pretrained(engine.module, out, arch=cfg.model.arch, flavor=cfg.model.flavor,
                                 tokenizer_dir=tok_dir, extra={"run": run_url})  # fmt: skip
@@ -173,13 +176,3 @@ def export(engine, dist: Dist, storage: Storage, run_url: str, cfg: Config, load
             storage.write_text(join(url, checkpoint.COMMIT), json.dumps({"run": run_url}))
     torch.distributed.barrier()
     return url
-
-
-def _tokenizer_files(storage: Storage, loader: Loader, directory: str) -> str:
-    source = loader.stream.sources[0]
-    tok = source.manifest["tokenizer"]
-    os.makedirs(directory, exist_ok=True)
-    for name in tok["files"]:
-        with open(os.path.join(directory, name), "wb") as f:
-            f.write(storage.read_bytes(join(source.url, tok["path"], name)))
-    return directory
