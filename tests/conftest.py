@@ -75,7 +75,7 @@ def minilm_dir() -> str:
     return str(path)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli():
     """Run `vlpdist ...` as a real subprocess; returns CompletedProcess (text)."""
 

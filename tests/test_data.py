@@ -15,7 +15,7 @@ from faultproxy import FaultProxy
 from vlpdist.config import Config, DataConfig, DataSource, RetryConfig, StorageConfig, load
 from vlpdist.data.answers import soft_scores
 from vlpdist.data.loader import Loader
-from vlpdist.errors import ShardError
+from vlpdist.errors import ShardError, VlpdistError
 from vlpdist.shards.reader import iter_samples
 from vlpdist.shards.synthetic import synthesize
 from vlpdist.storage import Storage
@@ -188,7 +188,25 @@ def test_vqa_soft_scores_match_the_official_formula(world):
             if top in index:  # hand rule: 1, 2, 3, >= 4 annotators → 0.3, 0.6, 0.9, 1.0
                 assert row[index[top]].item() == pytest.approx(min(1.0, 0.3 * c), abs=1e-6)
             checked += 1
+        assert b.answers == [texts[q] for q in b.text_ids]  # what the official metric scores
     assert checked > 100
+
+
+def test_train_fraction_is_a_seeded_nested_subset_fixed_across_epochs(world):
+    full = set(epoch_units([Loader(cfg_for(world / "vqa_train", task="vqa"))]))
+    picked = {}
+    for frac in (0.1, 0.25, 0.5):
+        ld = Loader(cfg_for(world / "vqa_train", task="vqa", fraction=frac, seed=int(frac * 10)))
+        first, second = set(epoch_units([ld])), set(epoch_units([ld]))
+        assert first == second  # the subset does not change with the epoch
+        assert len(first) == int(np.ceil(frac * len(full))) and first <= full
+        picked[frac] = first
+    assert picked[0.1] <= picked[0.25] <= picked[0.5]  # nested, whatever data.seed is
+    other = Loader(cfg_for(world / "vqa_train", task="vqa", fraction=0.25, subset_seed=1))
+    assert set(epoch_units([other])) != picked[0.25]
+    state = other.state_dict()
+    with pytest.raises(VlpdistError, match="data.fraction/subset_seed"):
+        Loader(cfg_for(world / "vqa_train", task="vqa", fraction=0.5)).load_state_dict(state)
 
 
 def test_truncated_and_missing_shards_are_skipped_and_counted(world, tmp_path, caplog):

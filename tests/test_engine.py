@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlpdist.config import Config, load
 from vlpdist.shards.synthetic import synthesize
@@ -125,21 +127,112 @@ def test_global_batch_that_cannot_be_kept_is_refused(world, tmp_path, run_cli):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_two_ranks_via_the_deepspeed_launcher_zero1_and_zero3_agree(world, tmp_path):
-    """Two real processes per run, started by the deepspeed launcher, on CPU (gloo)."""
-    losses = {}
+def launch(cli: list[str], port: int, ranks: int = 2, popen: bool = False):
+    """`deepspeed --num_gpus N --module vlpdist ...`: N real processes on CPU (gloo)."""
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks),
+           "--master_port", str(port), "--module", "vlpdist", *cli]  # fmt: skip
+    if popen:  # its own process group: SIGKILL reaches the launcher and every rank
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def summary(proc) -> dict:
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"run"')]
+    assert proc.returncode == 0 and len(lines) == 1, proc.stderr[-3000:]  # rank 0 only
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(world, tmp_path_factory) -> dict:
+    """ZeRO-1 and ZeRO-3 runs of two ranks each, 4 updates, checkpoints at 2 and 4."""
+    base = tmp_path_factory.mktemp("two")
+    runs = {}
     for stage in (1, 3):
-        out = tmp_path / f"z{stage}"
-        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2",
-               "--master_port", str(29600 + stage), "--module", "vlpdist",
-               *args(world, str(out), 4, f"deepspeed.zero_stage={stage}", "optim.warmup_steps=1",
-                     "run.checkpoint_every=2")]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-        summaries = [line for line in proc.stdout.splitlines() if line.startswith('{"run"')]
-        assert proc.returncode == 0 and len(summaries) == 1, proc.stderr[-3000:]  # rank 0 only
-        losses[stage] = [h["loss"] for h in json.loads(summaries[0])["history"]]
+        out = base / f"z{stage}"
+        cli = args(world, str(out), 4, f"deepspeed.zero_stage={stage}", "optim.warmup_steps=1",
+                   "run.checkpoint_every=2", "model.sizes={dropout: 0.0, attention_dropout: 0.0}")  # fmt: skip
+        proc = launch(cli, port=29600 + stage)
+        runs[stage] = (out, summary(proc))
+    return runs
+
+
+def test_two_ranks_via_the_deepspeed_launcher_zero1_and_zero3_agree(two_rank_runs):
+    losses = {}
+    for stage, (out, s) in two_rank_runs.items():
+        losses[stage] = [h["loss"] for h in s["history"]]
         assert (out / "tiny/export/model.safetensors").exists()  # ZeRO-3: gathered first
         shards = {p.name for p in (out / "tiny/checkpoints/00000004/state").iterdir()}
         assert sum("optim_states" in s for s in shards) == 2  # one optimizer shard per rank
     assert len(losses[1]) == 4
     assert losses[1] == pytest.approx(losses[3], rel=1e-4)
+
+
+def test_resume_two_ranks_on_one_through_a_universal_checkpoint(world, two_rank_runs, tmp_path,
+                                                                run_cli):  # fmt: skip
+    """The ZeRO-1 run of two ranks, continued to 8 updates by two ranks and by one: the one
+    rank converts the checkpoint and trains on exactly the same samples to the same weights."""
+    from vlpdist.models.export import load_pretrained
+
+    src = two_rank_runs[1][0]
+    extra = ("deepspeed.zero_stage=1", "optim.warmup_steps=1", "run.checkpoint_every=2",
+             "model.sizes={dropout: 0.0, attention_dropout: 0.0}")  # fmt: skip
+    finals = {}
+    for ranks in (2, 1):
+        out = tmp_path / f"w{ranks}"
+        shutil.copytree(src, out)
+        tr = f"run.trace={tmp_path / f't{ranks}'}"
+        if ranks == 2:
+            r = summary(launch(args(world, str(out), 8, *extra, tr), port=29610))
+        else:
+            r = result(run_cli(*args(world, str(out), 8, *extra, tr)))
+        assert r["resumed_from"].endswith("checkpoints/00000004") and r["steps"] == 8
+        record = json.loads((out / "tiny/result.json").read_text())
+        assert record["provenance"]["resumes"][-1]["universal"] is (ranks == 1)
+        keys = {}
+        for f in (tmp_path / f"t{ranks}").iterdir():
+            for t in trace(f):
+                keys.setdefault(t["step"], []).extend(t["keys"])
+        finals[ranks] = (keys, load_pretrained(str(out / "tiny/export")).state_dict())
+    assert sorted(finals[1][0]) == [5, 6, 7, 8]
+    assert {k: sorted(v) for k, v in finals[1][0].items()} == {
+        k: sorted(v) for k, v in finals[2][0].items()
+    }  # the same samples to the same updates
+    one, two = finals[1][1], finals[2][1]
+    for name in two:  # the same weights after 4 more updates (fp32 sums in another order)
+        assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-5), name
+
+
+def test_two_ranks_pretrain_then_finetune_on_s3_survive_a_kill(world, s3, tmp_path):
+    """The issue's whole path: two DeepSpeed processes pretrain to S3 on loopback, then
+    fine-tune from the S3 export; the fine-tuning job is SIGKILLed (launcher and ranks)
+    after a checkpoint, rerun, and completes from it with its evaluation history."""
+    runs = s3.url("runs")
+    pre = summary(launch(args(world, runs, 4, "deepspeed.zero_stage=1"), port=29620))
+    assert pre["export"] == s3.url("runs", "tiny", "export")
+    tr = tmp_path / "trace"
+    ft = ["finetune", str(REPO / "configs/finetune/tiny.yaml"),
+          f"data.sources=[{{url: {world / 'vqa_train'}}}]",
+          f"eval.sources=[{{url: {world / 'vqa_val'}}}]", f"run.output={runs}",
+          f"run.init_from={pre['export']}", "data.batch_size=4", "deepspeed.global_batch_size=8",
+          "data.max_regions=16", "optim.total_steps=8", "optim.warmup_steps=2", "eval.every=4",
+          "run.checkpoint_every=4", "deepspeed.zero_stage=1", f"run.trace={tr}"]  # fmt: skip
+    proc = launch(ft, port=29621, popen=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill during update 6
+        if (tr / "rank0.jsonl").exists() and any(t["step"] == 6 for t in trace(tr / "rank0.jsonl")):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
+    done = summary(launch(ft, port=29622))
+    assert done["resumed_from"] == s3.url("runs", "tiny-vqa", "checkpoints", "00000004")
+    store = Storage()
+    record = json.loads(store.read_text(s3.url("runs", "tiny-vqa", "result.json")))
+    assert [e["step"] for e in record["evals"]] == [4, 8]  # step 4's came back with the state
+    assert record["provenance"]["init_from"] == pre["export"]
+    assert record["provenance"]["resumes"][0]["from"] == done["resumed_from"]
+    assert record["throughput"]["world_size"] == 2 and record["metric"]["value"] is not None
+    assert store.exists(s3.url("runs", "tiny-vqa", "best", "COMMITTED"))
+    assert store.exists(s3.url("runs", "tiny-vqa", "logs", "metrics.jsonl"))

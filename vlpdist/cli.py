@@ -88,16 +88,32 @@ def cmd_demo(args) -> int:
 OVERRIDES = "trailing key=value arguments override the config, e.g. optim.lr=1e-4"
 
 
-def cmd_pretrain(args) -> int:
-    from vlpdist.engine.loop import pretrain
+def _train(command: str, args) -> int:
+    from vlpdist.engine.setup import preflight
 
-    result = pretrain(_config(args))
+    cfg = _config(args)
+    preflight(cfg, command)  # bad input fails here, before the heavy imports
+    from vlpdist.engine import loop
+
+    result = getattr(loop, command)(cfg)
     if result["rank"] == 0:  # one summary per job, not one per rank
-        last = result["history"][-1] if result["history"] else {}
-        print(json.dumps({"run": result["run"], "export": result["export"], "steps": result["steps"],
-                          "resumed_from": result["resumed_from"], "last": last,
-                          "history": result["history"]}))  # fmt: skip
+        keys = ("run", "export", "record", "metric", "steps", "resumed_from", "history")
+        print(json.dumps({k: result[k] for k in keys if k in result}))
     return 0
+
+
+def cmd_pretrain(args) -> int:
+    return _train("pretrain", args)
+
+
+def cmd_finetune(args) -> int:
+    return _train("finetune", args)
+
+
+def cmd_bench_train(args) -> int:
+    from vlpdist.bench.train import main as bench_train
+
+    return bench_train(args)
 
 
 def cmd_bench_data(args) -> int:
@@ -137,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pretrain with DeepSpeed (resumes automatically)")
     _add_config_args(p)
     p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune on a downstream task, from an export or from scratch"
+    )
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_finetune)
 
     sh = sub.add_parser("shards", help="build, inspect, verify shards").add_subparsers(
         dest="sub", required=True
@@ -185,6 +207,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     p.add_argument("--json", action="store_true", help="one JSON line per model")
     p.set_defaults(fn=cmd_bench_model)
+
+    p = bench.add_parser("train", help="engine step vs a plain PyTorch AdamW loop (CPU)")
+    p.add_argument("--arch", default="visual_bert", help="architecture")
+    p.add_argument("--flavor", default="tiny", help="model flavor")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per loop (median)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    p.set_defaults(fn=cmd_bench_train)
 
     p = sub.add_parser("demo", help="the main job on the embedded synthetic world")
     p.add_argument("--out", default="demo_out", help="output root (any storage URL)")

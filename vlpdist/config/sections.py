@@ -83,6 +83,12 @@ class DataConfig:
     """Consecutive samples of a shard kept together by the shuffle and read as one range:
     a batch mixes batch_size / read_span runs from across the window. Object stores charge
     a request per range; 1 (a shuffle of single samples) mixes best and suits local disks."""
+    fraction: float = 1.0
+    """Fraction of each source's units kept (the low-resource study: 0.01, 0.05, ...): a seeded
+    subset, fixed across epochs, and nested (the 5% subset lies inside the 10% one)."""
+    subset_seed: int = 0
+    """Seed of the `fraction` subset; separate from `seed` so that runs over several seeds
+    train on the same subset."""
     samples_per_epoch: int | None = None
     """Epoch length when mixing sources; default: the sum of the sources' sizes."""
     max_regions: int = 100
@@ -100,7 +106,8 @@ class DataConfig:
     mrm_zero_prob: float = 0.9
     """Selected regions whose features are zeroed (the rest are kept as they are)."""
     itm_prob: float = 0.5
-    """Image-text matching: fraction of samples whose text is swapped for another image's."""
+    """Image-text matching: fraction of samples whose text is swapped for another image's.
+    Training uses it only when model.objectives include itm (else no text is swapped)."""
     answer_vocab: str | None = None
     """Shard set whose labels.json defines the answer vocabulary; default the first source
     (fine-tuning on val needs the train set's vocabulary)."""
@@ -120,6 +127,8 @@ class DataConfig:
         for name in ("mlm_prob", "mrm_prob", "mrm_zero_prob", "itm_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise Invalid(name, "must be in [0, 1]")
+        if not 0 < self.fraction <= 1:
+            raise Invalid("fraction", f"must be in (0, 1], got {self.fraction}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise Invalid("samples_per_epoch", "must be >= 1")
 
@@ -202,6 +211,12 @@ class RunConfig:
     """Updates between log lines."""
     init_from: str | None = None
     """Export directory to start from (fine-tuning)."""
+    results: str | None = None
+    """Storage URL of a directory for the run's JSON result record (<results>/<name>.json,
+    what a study collects); default <output>/<name>/result.json."""
+    peak_tflops: float | None = None
+    """The device's peak TFLOP/s in the run's precision, for MFU; default: looked up from the
+    GPU's name (H100, H200, A100, L4); MFU is left out on CPU."""
     trace: str | None = None
     """Local directory where each rank appends the sample keys of every micro-batch
     (rank<r>.jsonl): a debugging aid that shows a resumed run consumed exactly the rest."""
@@ -211,6 +226,23 @@ class RunConfig:
             raise Invalid("keep_last", "checkpoint_every >= 0, keep_last >= 1, log_every >= 1")
         if not self.name or "/" in self.name:
             raise Invalid("name", f"must be a non-empty name without '/', got {self.name!r}")
+
+
+@dataclass
+class EvalConfig:
+    sources: list[DataSource] = field(default_factory=list)
+    """Validation shard sets of the downstream task (fine-tuning evaluates on them with the
+    task's metric and keeps the best checkpoint)."""
+    every: int = 0
+    """Updates between evaluations; 0 = only at the end of training."""
+    batch_size: int | None = None
+    """Samples per evaluation batch on one rank; default data.batch_size."""
+
+    def __post_init__(self):
+        if self.every < 0:
+            raise Invalid("every", "must be >= 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise Invalid("batch_size", "must be >= 1")
 
 
 @dataclass
@@ -247,6 +279,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
@@ -259,3 +292,8 @@ class Config:
             )
         if ds.offload_optimizer and ds.zero_stage == 0:
             raise Invalid("deepspeed.offload_optimizer", "needs deepspeed.zero_stage >= 1")
+        if self.run.init_from and self.model.text_init:
+            raise Invalid(
+                "model.text_init",
+                "set together with run.init_from; the export already holds the text weights",
+            )

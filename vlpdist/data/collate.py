@@ -54,6 +54,8 @@ class Batch:
     itm_labels: torch.Tensor | None = None  # int64 [B], 1 = the text is the image's own
     targets: torch.Tensor | None = None  # vqa/vizwiz: float32 [B, A] soft scores;
     # snli_ve: int64 [B]; mmimdb: float32 [B, G] multi-hot
+    answers: list | None = None  # vqa/vizwiz: each question's human answers (the official
+    # accuracy scores the prediction against them, not against the vocabulary's soft scores)
 
     def to(self, device) -> Batch:
         moved = {
@@ -118,6 +120,9 @@ class Collator:
             **tensors,
             keys=[d.key for d in items],
             text_ids=[t.get("question_id", t.get("pair_id", t.get("_index"))) for t in texts],
+            answers=[list(t.get("answers") or []) for t in texts]
+            if cfg.task in ("vqa", "vizwiz")
+            else None,
         )
 
     # -- texts

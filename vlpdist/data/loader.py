@@ -82,11 +82,15 @@ class ShardStream(IterableDataset):
         per_text = self.cfg.task != "pretrain"
         c = self.cfg
         orders = [
-            P.epoch_order(s.plan.units(per_text), c.seed, epoch, i, c.shuffle_window, c.read_span)
-            for i, s in enumerate(self.sources)
+            P.epoch_order(self.units(i, per_text), c.seed, epoch, i, c.shuffle_window, c.read_span)
+            for i in range(len(self.sources))
         ]
         weights = [s.weight for s in self.sources]
         return P.global_sequence(orders, weights, c.seed, epoch, c.samples_per_epoch, c.read_span)
+
+    def units(self, source: int, per_text: bool) -> np.ndarray:
+        units = self.sources[source].plan.units(per_text)
+        return P.subset(units, self.cfg.fraction, self.cfg.subset_seed, source)
 
     def rank_plan(self) -> P.RankPlan:
         seq = self.sequence(self.epoch)
@@ -250,16 +254,23 @@ class Loader:
             "epoch": s.epoch,
             "consumed": s.consumed,
             "seed": self.cfg.seed,
+            "fraction": [self.cfg.fraction, self.cfg.subset_seed],
             "sources": [[src.url, int(src.plan.samples.sum())] for src in s.sources],
         }
 
     def load_state_dict(self, state: dict) -> None:
         s = self.stream
         here = [[src.url, int(src.plan.samples.sum())] for src in s.sources]
+        frac = [self.cfg.fraction, self.cfg.subset_seed]
         if state.get("sources") != here or state.get("seed") != self.cfg.seed:
             raise VlpdistError(
                 f"data state was saved for sources {state.get('sources')} and seed "
                 f"{state.get('seed')}; this loader streams {here} with seed {self.cfg.seed}"
+            )
+        if state.get("fraction", [1.0, 0]) != frac:
+            raise VlpdistError(
+                f"data state was saved for data.fraction/subset_seed {state.get('fraction')}; "
+                f"this loader streams {frac}"
             )
         s.epoch, s.consumed = int(state["epoch"]), int(state["consumed"])
 

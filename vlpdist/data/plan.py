@@ -3,7 +3,8 @@
 Everything here is a pure function of (manifests, seed, epoch, consumed, world size, rank):
 
 1. units      every sample (pretraining: one image) or every text of every sample
-              (downstream: one question / hypothesis / plot), from the manifests alone
+              (downstream: one question / hypothesis / plot), from the manifests alone;
+              optionally a seeded fraction of them (low-resource fine-tuning)
 2. order      per source and epoch: shards permuted, then within each window of
               `shuffle_window` shards, runs of `read_span` consecutive units shuffled
               together (seeded); a run is one contiguous read
@@ -52,6 +53,16 @@ class SourcePlan:
                 text = np.full(n, -1, dtype=np.int64)
             out.append(np.stack([np.full(len(sample), shard, dtype=np.int64), sample, text], 1))
         return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
+
+
+def subset(units: np.ndarray, fraction: float, seed: int, source: int) -> np.ndarray:
+    """The first ceil(fraction x n) units of a seeded permutation, in their original order:
+    the same for every epoch, and nested across fractions (5% lies inside 10%)."""
+    if fraction >= 1 or len(units) == 0:
+        return units
+    keep = max(1, int(np.ceil(fraction * len(units))))
+    chosen = np.random.default_rng([seed, source, 4]).permutation(len(units))[:keep]
+    return units[np.sort(chosen)]
 
 
 def epoch_order(

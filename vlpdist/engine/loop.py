@@ -1,12 +1,15 @@
-"""`vlpdist pretrain CONFIG`: setup → build → fit, readable top to bottom.
+"""`vlpdist pretrain CONFIG` and `vlpdist finetune CONFIG`: setup → build → fit → hand off,
+readable top to bottom.
 
-One code path for a laptop (one CPU process), `deepspeed --num_gpus N -m vlpdist pretrain`,
+One code path for a laptop (one CPU process), `deepspeed --num_gpus N --module vlpdist`,
 torchrun and Ray Train workers. Rerunning the same command continues from the newest
-complete checkpoint at the exact next sample.
+complete checkpoint at the exact next sample, on any world size.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -15,47 +18,26 @@ import tempfile
 import time
 
 import torch
+import yaml
 from torch.optim.lr_scheduler import LambdaLR
 
+from vlpdist import __version__
 from vlpdist.config import Config, dump_yaml
 from vlpdist.data.index import download_tokenizer
 from vlpdist.data.loader import Loader
-from vlpdist.engine import checkpoint
+from vlpdist.engine import checkpoint, exports, setup
 from vlpdist.engine.dist import Dist, init
+from vlpdist.engine.evaluate import Evaluator
 from vlpdist.engine.schedule import param_groups, warmup_linear
+from vlpdist.engine.telemetry import Telemetry
 from vlpdist.errors import VlpdistError
 from vlpdist.models.flavors import DataDims
-from vlpdist.models.losses import model_inputs, pretrain_losses
+from vlpdist.models.flops import flops_per_sample
+from vlpdist.models.losses import model_inputs, pretrain_losses, task_loss
 from vlpdist.models.model import build_model
-from vlpdist.storage import Storage, join
+from vlpdist.storage import join
 
 log = logging.getLogger(__name__)
-
-
-def deepspeed_config(cfg: Config, world: int) -> dict:
-    """DeepSpeed's config from ours; the global batch is kept when the world size changes
-    (micro-batch x accumulation x world), or the run refuses."""
-    micro, total = cfg.data.batch_size, cfg.deepspeed.global_batch_size
-    if total % (micro * world):
-        raise VlpdistError(
-            f"deepspeed.global_batch_size {total} is not data.batch_size {micro} x {world} ranks "
-            "x a whole number of accumulation steps; change one of them"
-        )
-    ds = {
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": total // (micro * world),
-        "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
-        "steps_per_print": 10**9,  # our own logging
-        "wall_clock_breakdown": False,
-    }
-    if cfg.deepspeed.precision == "bf16":
-        ds["bf16"] = {"enabled": True}
-    elif cfg.deepspeed.precision == "fp16":
-        ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
-    if cfg.deepspeed.offload_optimizer:
-        ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
-    return ds
 
 
 def data_dims(loader: Loader) -> DataDims:
@@ -66,78 +48,158 @@ def data_dims(loader: Loader) -> DataDims:
 
 
 def pretrain(cfg: Config) -> dict:
+    return _run(cfg, setup.preflight(cfg, "pretrain"))
+
+
+def finetune(cfg: Config) -> dict:
+    return _run(cfg, setup.preflight(cfg, "finetune"))
+
+
+def _run(cfg: Config, pre: setup.Preflight) -> dict:
     import deepspeed
 
-    # -- setup
+    # -- setup (the checks that need no process group ran in preflight)
+    tuning = cfg.data.task != "pretrain"
+    t_start = time.time()
     dist = init()
     torch.manual_seed(cfg.run.seed)
-    storage = Storage(cfg.storage)
-    run_url = join(cfg.run.output, cfg.run.name)
+    storage, run_url, latest = pre.storage, pre.run_url, pre.latest
     config_yaml = dump_yaml(cfg, redact=True)
+    work = tempfile.TemporaryDirectory(prefix="vlpdist-run-")
 
     # -- build
-    loader = Loader(cfg.data, cfg.storage, rank=dist.rank, world_size=dist.world)
-    m = cfg.model
-    model = build_model(m.arch, m.flavor, data_dims(loader), sizes=m.sizes, objectives=m.objectives,
-                        task="pretrain", text_init=m.text_init)  # fmt: skip
+    data = cfg.data
+    if "itm" not in cfg.model.objectives:  # no swapped texts for a model that learns no ITM
+        data = dataclasses.replace(data, itm_prob=0.0)
+    loader = Loader(data, cfg.storage, rank=dist.rank, world_size=dist.world)
+    labels = loader.stream.labels
+    dims = data_dims(loader)
+    m, init_info = cfg.model, None
+    if cfg.run.init_from:
+        model, init_info = exports.init_model(storage, dist, cfg, dims, labels)
+    else:
+        model = build_model(m.arch, m.flavor, dims, sizes=m.sizes, objectives=m.objectives,
+                            task=cfg.data.task, freeze_base=m.freeze_base,
+                            text_init=m.text_init)  # fmt: skip
+    flops = flops_per_sample(model, cfg.data.max_text_tokens, cfg.data.max_regions)["train_step"]
     o = cfg.optim
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr,
                                   betas=tuple(o.betas), eps=o.eps)  # fmt: skip
     schedule = LambdaLR(optimizer, lambda s: warmup_linear(s, o.warmup_steps, o.total_steps))
+    ds_config = setup.deepspeed_config(cfg, dist.world)
+    universal = bool(latest) and checkpoint.needs_universal(storage, latest, dist.world, cfg)
+    if universal:
+        ds_config["checkpoint"] = {"load_universal": True}
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                      config=deepspeed_config(cfg, dist.world))  # fmt: skip
-    step, resumed_from = 0, None
-    latest = checkpoint.committed(storage, run_url)
+                                      config=ds_config)  # fmt: skip
+    state = {"step": 0, "resumes": [], "evals": [], "best": None}
     if latest:
-        resumed_from = latest[-1][1]
-        state = checkpoint.load(engine, dist, storage, resumed_from, cfg.deepspeed.zero_stage)
-        loader.load_state_dict(state["data"])
-        step = state["step"]
-    history = _fit(cfg, dist, engine, loader, storage, run_url, config_yaml, step)
-    export_url = export(engine, dist, storage, run_url, cfg, loader)
-    return {"export": export_url, "run": run_url, "resumed_from": resumed_from, "steps": engine.global_steps,
-            "history": history, "rank": dist.rank}  # fmt: skip
+        state.update(checkpoint.load(engine, dist, storage, latest, universal))
+        loader.load_state_dict(state.pop("data"))
+        state["resumes"] = [*state.get("resumes", []), {"from": latest, "world_size": dist.world,
+                                                       "universal": universal}]  # fmt: skip
+    tok_dir = None
+    if dist.is_main:  # the export's tokenizer is the shard set's
+        tok_dir = download_tokenizer(
+            storage, loader.stream.sources[0], os.path.join(work.name, "tok")
+        )
+    tel = Telemetry(
+        cfg, dist, storage, run_url, os.path.join(work.name, "logs"), flops, state["step"]
+    )
+    evaluator = Evaluator(cfg, dist, labels) if tuning else None
+
+    def hand_off(name: str, extra: dict) -> str:
+        return exports.export(engine, dist, storage, join(run_url, name), cfg, tok_dir, labels,
+                              {"run": run_url, **extra})  # fmt: skip
+
+    # -- fit
+    history = _fit(cfg, dist, engine, loader, storage, run_url, config_yaml, state, tel,
+                   evaluator, hand_off)  # fmt: skip
+    tel.close()
+
+    # -- hand off
+    out = {"run": run_url, "rank": dist.rank, "steps": engine.global_steps, "history": history,
+           "resumed_from": state["resumes"][-1]["from"] if state["resumes"] else None}  # fmt: skip
+    if not tuning:
+        out["export"] = hand_off("export", {"step": state["step"]})
+    record = _record(cfg, dist, loader, evaluator, state, tel, out, init_info, t_start)
+    url = (
+        join(cfg.run.results, f"{cfg.run.name}.json")
+        if cfg.run.results
+        else join(run_url, "result.json")
+    )
+    if dist.is_main:
+        storage.write_text(url, json.dumps(record, indent=1))
+    torch.distributed.barrier()
+    work.cleanup()
+    return {**out, "record": url, "metric": record["metric"]}
 
 
-def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml, step) -> list:
-    """Updates until optim.total_steps; checkpoint every run.checkpoint_every."""
-    r, history = cfg.run, []
-    t0, seen = time.perf_counter(), 0
+def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml, state, tel,
+         evaluator, hand_off) -> list:  # fmt: skip
+    """Updates until optim.total_steps; evaluation every eval.every (fine-tuning), a
+    checkpoint every run.checkpoint_every."""
+    r, history, task = cfg.run, [], cfg.data.task
     trace = _tracer(r.trace, dist.rank)
+    step = state["step"]
+    tel.resume()
     while step < cfg.optim.total_steps:
+        t0 = time.perf_counter()
         for batch in loader:
+            wait = time.perf_counter() - t0
             trace(step + 1, batch)
             batch = batch.to(dist.device)
-            losses = pretrain_losses(engine(**model_inputs(batch)), batch)
-            loss = sum(losses.values())
-            engine.backward(loss)
+            out = engine(**model_inputs(batch))
+            if task == "pretrain":
+                losses = pretrain_losses(out, batch)
+            else:
+                losses = {"task": task_loss(task, out["logits"], batch)}
+            tel.micro(batch, wait, losses)
+            engine.backward(sum(losses.values()))
             # read before step(): DeepSpeed advances its micro-step counter inside step()
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
-            seen += len(batch)
+            t0 = time.perf_counter()
             if not boundary:
                 continue
             step += 1
-            if step % r.log_every == 0 or step == cfg.optim.total_steps:
-                rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
-                       "lr": engine.get_lr()[0], "samples_per_s": seen / (time.perf_counter() - t0)}  # fmt: skip
+            last = step == cfg.optim.total_steps
+            rec = tel.update(step, engine.get_lr()[0], step % r.log_every == 0 or last)
+            if rec:
                 history.append(rec)
-                if dist.is_main:
-                    log.info("step %d %s", step, json.dumps(rec))
+                if math.isnan(rec["loss"]):
+                    raise VlpdistError(f"{run_url}: loss became NaN at step {step}")
+            if evaluator and (last or (cfg.eval.every and step % cfg.eval.every == 0)):
+                _evaluate(evaluator, engine, state, step, tel, hand_off)
+                tel.resume()  # evaluation time is not training throughput
+            state["step"] = step
             if r.checkpoint_every and step % r.checkpoint_every == 0:
-                state = {"step": step, "data": loader.state_dict()}
+                saved = {**state, "data": loader.state_dict()}
                 checkpoint.save(
-                    engine, dist, storage, run_url, step, state, config_yaml, r.keep_last
+                    engine, dist, storage, run_url, step, saved, config_yaml, r.keep_last
                 )
-            if step >= cfg.optim.total_steps:
+                tel.flush()
+                tel.resume()
+            if last:
                 break
-        if math.isnan(loss.item()):
-            raise VlpdistError(f"{run_url}: loss became NaN at step {step}")
+            t0 = time.perf_counter()
     return history
 
 
+def _evaluate(evaluator: Evaluator, engine, state: dict, step: int, tel, hand_off) -> None:
+    """Score the val split; a better primary metric replaces <run>/best/."""
+    metrics = evaluator(engine)
+    value = metrics[evaluator.primary]
+    state["evals"].append({"step": step, **metrics})
+    tel.write({"step": step, **metrics}, "val")
+    best = state["best"]
+    if best is None or value > best["value"]:
+        url = hand_off("best", {"step": step, evaluator.primary: value})
+        state["best"] = {"step": step, "value": value, "url": url}
+
+
 def _tracer(directory: str | None, rank: int):
-    """Append (update, sample keys, text ids) of each micro-batch to rank<r>.jsonl."""
+    """Append (update, sample keys) of each micro-batch to rank<r>.jsonl."""
     if not directory:
         return lambda step, batch: None
     os.makedirs(directory, exist_ok=True)
@@ -152,27 +214,56 @@ def _tracer(directory: str | None, rank: int):
     return write
 
 
-def export(engine, dist: Dist, storage: Storage, run_url: str, cfg: Config, loader: Loader) -> str:
-    """Consolidated weights in the models' HF-style format at <run>/export/ (what fine-tuning
-    takes as `run.init_from`), with the shard set's tokenizer; COMMITTED is written last."""
-    import deepspeed
+def _shards(loader: Loader) -> list[dict]:
+    """Which data, exactly: URL, size and a digest of each source's manifest."""
+    out = []
+    for s in loader.stream.sources:
+        digest = hashlib.sha256(json.dumps(s.manifest, sort_keys=True).encode()).hexdigest()
+        out.append({"url": s.url, "samples": int(s.plan.samples.sum()),
+                    "manifest_sha256": digest, "synthetic": bool(s.manifest.get("synthetic"))})  # fmt: skip
+    return out
 
-    from vlpdist.models.export import save_pretrained
 
-    url = join(run_url, "export")
-    params = list(engine.module.parameters())
-    gather = cfg.deepspeed.zero_stage == 3  # ZeRO-3 partitions parameters: gather them first
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=gather):
-        if dist.is_main:
-            with tempfile.TemporaryDirectory() as tmp:
-                tok_dir = download_tokenizer(
-                    storage, loader.stream.sources[0], os.path.join(tmp, "tokenizer")
-                )
-                out = os.path.join(tmp, "export")
-                save_pretrained(engine.module, out, arch=cfg.model.arch, flavor=cfg.model.flavor,
-                                tokenizer_dir=tok_dir, extra={"run": run_url})  # fmt: skip
-                for name in sorted(os.listdir(out)):
-                    storage.put_file(os.path.join(out, name), join(url, name))
-            storage.write_text(join(url, checkpoint.COMMIT), json.dumps({"run": run_url}))
-    torch.distributed.barrier()
-    return url
+def _record(cfg, dist, loader, evaluator, state, tel, out, init_info, t_start) -> dict:
+    """The run's JSON result record: enough to rebuild every table and plot."""
+    h = out["history"]
+    if evaluator:
+        best = state["best"] or {}
+        final = state["evals"][-1] if state["evals"] else {}
+        metric = {"name": evaluator.primary, "value": best.get("value"), "step": best.get("step"),
+                  "final": final.get(evaluator.primary)}  # fmt: skip
+    else:
+        metric = {"name": "loss", "value": h[-1]["loss"] if h else None,
+                  "step": h[-1]["step"] if h else None}  # fmt: skip
+    units = sum(len(loader.stream.units(i, cfg.data.task != "pretrain"))
+                for i in range(len(loader.stream.sources)))  # fmt: skip
+    return {
+        "run": cfg.run.name,
+        "kind": "finetune" if evaluator else "pretrain",
+        "task": cfg.data.task,
+        "arch": cfg.model.arch,
+        "flavor": cfg.model.flavor,
+        "mode": "frozen" if cfg.model.freeze_base else "full",
+        "fraction": cfg.data.fraction,
+        "seed": cfg.run.seed,
+        "status": "done",
+        "metric": metric,
+        "evals": state["evals"],
+        "curve": {"loss": [[r["step"], r["loss"]] for r in h[:: max(1, len(h) // 500)]]},
+        "throughput": tel.summary(),
+        "steps": state["step"],
+        "train_units": units,
+        "provenance": {
+            "run_url": out["run"],
+            "export": out.get("export"),
+            "best": (state["best"] or {}).get("url"),
+            "init_from": cfg.run.init_from,
+            "init_from_run": (init_info or {}).get("extra", {}).get("run"),
+            "shards": _shards(loader),
+            "eval_shards": _shards(evaluator.loader) if evaluator else [],
+            "resumes": state["resumes"],
+            "vlpdist": __version__,
+        },
+        "seconds": round(time.time() - t_start, 2),
+        "config": yaml.safe_load(dump_yaml(cfg, redact=True)),
+    }

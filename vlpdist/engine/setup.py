@@ -1,0 +1,89 @@
+"""What a run settles before any process group or model exists: the DeepSpeed config from
+ours, and the checks that turn a bad config, a bad `init_from`, a checkpoint of another
+model or storage that cannot be written into one line, within a second or two of starting
+(the CLI runs them before importing the heavy half of the engine)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from vlpdist.config import Config, dump_yaml
+from vlpdist.engine import checkpoint
+from vlpdist.errors import VlpdistError
+from vlpdist.storage import Storage, join
+
+
+@dataclass
+class Preflight:
+    storage: Storage
+    run_url: str
+    latest: str | None  # newest complete checkpoint, resumed from
+
+
+def deepspeed_config(cfg: Config, world: int) -> dict:
+    """DeepSpeed's config from ours; the global batch is kept when the world size changes
+    (micro-batch x accumulation x world), or the run refuses."""
+    micro, total = cfg.data.batch_size, cfg.deepspeed.global_batch_size
+    if total % (micro * world):
+        raise VlpdistError(
+            f"deepspeed.global_batch_size {total} is not data.batch_size {micro} x {world} ranks "
+            "x a whole number of accumulation steps; change one of them"
+        )
+    ds = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": total // (micro * world),
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "steps_per_print": 10**9,  # our own logging
+        "wall_clock_breakdown": False,
+    }
+    if cfg.deepspeed.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif cfg.deepspeed.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    if cfg.deepspeed.offload_optimizer:
+        ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+    return ds
+
+
+def preflight(cfg: Config, command: str) -> Preflight:
+    """Every check that needs no process group; safe to repeat on every rank."""
+    task = cfg.data.task
+    if command == "pretrain" and task != "pretrain":
+        raise VlpdistError(
+            f"data.task is {task!r}: pretraining streams task 'pretrain'; "
+            "use `vlpdist finetune` for downstream tasks"
+        )
+    if command == "finetune" and task == "pretrain":
+        raise VlpdistError("data.task: name the downstream task (vqa, vizwiz, snli_ve, mmimdb)")
+    if command == "finetune" and not cfg.eval.sources:
+        raise VlpdistError("eval.sources: fine-tuning evaluates on the val split; name its shards")
+    deepspeed_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    storage = Storage(cfg.storage)
+    run_url = join(cfg.run.output, cfg.run.name)
+    if os.environ.get("RANK", "0") == "0":  # unwritable storage fails now, not at a checkpoint
+        probe = join(run_url, ".write-probe")
+        storage.write_text(probe, "ok")
+        storage.rm(probe)
+    if cfg.run.init_from:
+        _check_export(storage, cfg.run.init_from)
+    latest = (checkpoint.committed(storage, run_url) or [(0, None)])[-1][1]
+    if latest:
+        checkpoint.check_same_model(storage, latest, yaml.safe_load(dump_yaml(cfg, redact=True)))
+    return Preflight(storage, run_url, latest)
+
+
+def _check_export(storage: Storage, url: str) -> None:
+    if not storage.exists(join(url, "config.json")):
+        raise VlpdistError(
+            f"run.init_from {url}: no export there (no config.json); point it at a "
+            "pretraining run's export/ directory"
+        )
+    if not storage.exists(join(url, checkpoint.COMMIT)):
+        raise VlpdistError(
+            f"run.init_from {url}: incomplete export (no {checkpoint.COMMIT} marker: its "
+            "pretraining run has not finished, or the copy was cut short)"
+        )

@@ -1,0 +1,166 @@
+"""What a run tells while it trains: throughput (samples/s, tokens/s), the fraction of time
+spent waiting for data, MFU, loss and metric curves, the loader's per-stage timings.
+
+Rank 0 writes `metrics.jsonl` (one JSON object per log step and per evaluation) and
+TensorBoard events into `<run>/logs/`; for a run on object storage they are written to a
+local directory and uploaded at every checkpoint and at the end. A tqdm bar shows progress
+on rank 0 when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import torch
+
+from vlpdist.storage import Storage, is_local, join
+
+log = logging.getLogger(__name__)
+
+# Dense peak TFLOP/s per GPU (vendor data sheets), by precision; MFU = achieved model
+# FLOP/s over this. fp32 is the non-tensor-core peak (torch leaves TF32 off for matmuls).
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0},
+    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3},
+}
+
+
+def peak_tflops(device: torch.device, precision: str, override: float | None) -> float | None:
+    """The device's peak for MFU: the override, else the table by GPU name; None on CPU and
+    for GPUs not in the table (MFU is then left out rather than guessed)."""
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_TFLOPS.items():  # "H100 PCIe" is listed before "H100"
+        if key in name:
+            return peaks[precision]
+    log.warning("telemetry: no peak FLOP/s known for %s; set run.peak_tflops for MFU", name)
+    return None
+
+
+class Telemetry:
+    """Accumulates per-update figures; every `log_every` updates writes a record."""
+
+    def __init__(self, cfg, dist, storage: Storage, run_url: str, local_dir: str,
+                 flops_per_sample: int, start_step: int):  # fmt: skip
+        self.cfg, self.dist, self.storage = cfg, dist, storage
+        self.remote_url = None if is_local(run_url) else join(run_url, "logs")
+        self.dir = os.path.join(run_url, "logs") if is_local(run_url) else local_dir
+        self.flops = flops_per_sample
+        self.peak = peak_tflops(dist.device, cfg.deepspeed.precision, cfg.run.peak_tflops)
+        self.main = dist.is_main
+        self.window = self._zero()
+        self.total = self._zero()
+        self.losses: dict = {}  # summed over the micro-batches of the current update
+        self.micro_batches = 0
+        self._mark = time.perf_counter()
+        self.tb = self.bar = None
+        if self.main:
+            from tensorboardX import SummaryWriter
+            from tqdm import tqdm
+
+            os.makedirs(self.dir, exist_ok=True)
+            self.tb = SummaryWriter(self.dir, flush_secs=30)
+            self.bar = tqdm(total=cfg.optim.total_steps, initial=start_step, unit="step",
+                            desc=cfg.run.name, disable=None, dynamic_ncols=True)  # fmt: skip
+
+    @staticmethod
+    def _zero() -> dict:
+        return {"updates": 0, "samples": 0, "tokens": 0, "wait_s": 0.0, "seconds": 0.0}
+
+    def micro(self, batch, wait_s: float, losses: dict) -> None:
+        """One micro-batch on this rank: real samples, real text tokens + regions, losses
+        (an update logs the mean over its micro-batches, not the last one's)."""
+        for k, v in losses.items():
+            self.losses[k] = self.losses.get(k, 0.0) + v.detach().float()
+        self.micro_batches += 1
+        real = ~batch.is_pad
+        tokens = int(batch.attention_mask[real].sum()) + int(batch.region_mask[real].sum())
+        for acc in (self.window, self.total):
+            acc["samples"] += int(real.sum())
+            acc["tokens"] += tokens
+            acc["wait_s"] += wait_s
+
+    def resume(self) -> None:
+        """Start timing the next update now (after evaluation, checkpoints, start-up)."""
+        self._mark = time.perf_counter()
+
+    def update(self, step: int, lr: float, log_now: bool) -> dict | None:
+        """One optimizer update done; on log steps returns (and on rank 0 writes) a record.
+        Losses are averaged over ranks on log steps only (one small all_reduce)."""
+        losses, n = self.losses, max(self.micro_batches, 1)
+        self.losses, self.micro_batches = {}, 0
+        now = time.perf_counter()
+        for acc in (self.window, self.total):
+            acc["updates"] += 1
+            acc["seconds"] += now - self._mark
+        self._mark = now
+        if self.bar is not None:
+            self.bar.update(1)
+        if not log_now:
+            return None
+        vals = torch.stack(list(losses.values())).to(self.dist.device) / n
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(vals)
+            vals /= self.dist.world
+        rec = {"step": step, "loss": float(vals.sum()),
+               **{k: float(v) for k, v in zip(losses, vals.tolist(), strict=True)},
+               "lr": lr, **self.rates(self.window)}  # fmt: skip
+        self.window = self._zero()
+        if self.main:
+            self.write(rec, "train")
+            self.bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
+        return rec
+
+    def rates(self, acc: dict) -> dict:
+        """Throughput over all ranks (each rank runs the same number of micro-batches)."""
+        secs = max(acc["seconds"], 1e-9)
+        samples_s = acc["samples"] * self.dist.world / secs
+        out = {
+            "samples_per_s": round(samples_s, 3),
+            "tokens_per_s": round(acc["tokens"] * self.dist.world / secs, 1),
+            "data_wait_fraction": round(min(1.0, acc["wait_s"] / secs), 4),
+            "step_s": round(secs / max(acc["updates"], 1), 4),
+        }
+        if self.peak:
+            achieved = self.flops * samples_s / self.dist.world  # per device
+            out["mfu"] = round(achieved / (self.peak * 1e12), 4)
+        return out
+
+    def write(self, rec: dict, kind: str) -> None:
+        """A record to metrics.jsonl and its numbers to TensorBoard (rank 0)."""
+        if not self.main:
+            return
+        with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"kind": kind, **rec}) + "\n")
+        for k, v in rec.items():
+            if k != "step" and isinstance(v, int | float):
+                self.tb.add_scalar(f"{kind}/{k}", v, rec["step"])
+
+    def summary(self) -> dict:
+        return {**self.rates(self.total), "updates": self.total["updates"],
+                "flops_per_sample": self.flops, "peak_tflops": self.peak,
+                "world_size": self.dist.world, "device": str(self.dist.device.type)}  # fmt: skip
+
+    def flush(self) -> None:
+        """Logs of a remote run to <run>/logs/ (checkpoints and the end)."""
+        if not self.main:
+            return
+        self.tb.flush()
+        if self.remote_url:
+            for name in sorted(os.listdir(self.dir)):
+                self.storage.put_file(os.path.join(self.dir, name), join(self.remote_url, name))
+
+    def close(self) -> None:
+        if self.main:
+            self.flush()
+            self.tb.close()
+            self.bar.close()
