@@ -110,6 +110,36 @@ def cmd_finetune(args) -> int:
     return _train("finetune", args)
 
 
+def cmd_study(args) -> int:
+    from vlpdist.config import Config, load
+
+    if args.first != "status" and args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)  # an override, taken by the optional positional
+        args.config = None
+    if args.first == "status":
+        if not args.config:
+            raise VlpdistError("vlpdist study status CONFIG: name the study's config file")
+        from vlpdist.study.runner import status
+
+        print(status(load(Config, args.config, args.overrides)))
+        return 0
+    if args.config:
+        raise VlpdistError(f"vlpdist study: unexpected {args.config!r} after the config file")
+    from vlpdist.study.results import table
+    from vlpdist.study.runner import run_study
+
+    result = run_study(load(Config, args.first, args.overrides), retry_failed=args.retry_failed)
+    print(table(result.pop("rows")))
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_bench_study(args) -> int:
+    from vlpdist.bench.study import main as bench_study
+
+    return bench_study(args)
+
+
 def cmd_bench_train(args) -> int:
     from vlpdist.bench.train import main as bench_train
 
@@ -153,6 +183,16 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pretrain with DeepSpeed (resumes automatically)")
     _add_config_args(p)
     p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser(
+        "study",
+        help="run a study grid on Ray (`vlpdist study CONFIG`), or `vlpdist study status CONFIG`",
+    )
+    p.add_argument("first", metavar="CONFIG|status", help="the study's config file, or 'status'")
+    p.add_argument("config", nargs="?", help="with status: the study's config file")
+    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.epilog = OVERRIDES
+    p.set_defaults(fn=cmd_study)
 
     p = sub.add_parser(
         "finetune", help="fine-tune on a downstream task, from an export or from scratch"
@@ -216,6 +256,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.set_defaults(fn=cmd_bench_train)
+
+    p = bench.add_parser("study", help="scheduling efficiency of a tiny study on Ray")
+    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per export")
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    p.set_defaults(fn=cmd_bench_study)
 
     p = sub.add_parser("demo", help="the main job on the embedded synthetic world")
     p.add_argument("--out", default="demo_out", help="output root (any storage URL)")

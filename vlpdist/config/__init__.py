@@ -21,6 +21,8 @@ from vlpdist.config.sections import (
     RunConfig,
     StorageConfig,
     StudyConfig,
+    StudyResources,
+    StudyTask,
 )
 from vlpdist.config.synth import DomainConfig, SynthConfig
 
@@ -41,6 +43,8 @@ __all__ = [
     "ShardsConfig",
     "StorageConfig",
     "StudyConfig",
+    "StudyResources",
+    "StudyTask",
     "SynthConfig",
     "dump_yaml",
     "from_dict",

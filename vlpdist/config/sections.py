@@ -246,27 +246,87 @@ class EvalConfig:
 
 
 @dataclass
+class StudyTask:
+    train: list[DataSource] = field(default_factory=list)
+    """The downstream task's train split (shard sets)."""
+    val: list[DataSource] = field(default_factory=list)
+    """Its val split, scored with the task's metric."""
+    task: Literal["vqa", "vizwiz", "snli_ve", "mmimdb"] | None = None
+    """The task kind; default: the entry's name in study.tasks."""
+
+    def __post_init__(self):
+        if not self.train or not self.val:
+            raise Invalid("train", "a study task needs train and val shard sets")
+
+
+@dataclass
+class StudyResources:
+    workers: int = 1
+    """Ray Train workers (DeepSpeed ranks) per run."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker."""
+    gpus_per_worker: float = 0.0
+    """GPUs per worker (0 = CPU training, gloo)."""
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    """ZeRO stage of these runs; default: the base config's."""
+
+    def __post_init__(self):
+        if self.workers < 1 or self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
+            raise Invalid("workers", "workers >= 1, cpus_per_worker >= 0, gpus_per_worker >= 0")
+
+
+@dataclass
 class StudyConfig:
     name: str = "study"
-    """Study name; results go to <run.output>/<name>/results/."""
+    """Study name; everything goes under <run.output>/<name>/ (runs/, results/)."""
+    shards: str | None = None
+    """Root URL put in front of relative shard URLs in pretrain_sets and tasks, so that one
+    study file serves a laptop (demo_out/shards) and a bucket (s3://bucket/demo/shards)."""
+    pretrain_config: str = "configs/pretrain/tiny.yaml"
+    """Base config of every pretraining run (a path, relative to the working directory)."""
+    finetune_config: str = "configs/finetune/tiny.yaml"
+    """Base config of every fine-tuning run."""
+    pretrain_overrides: list[str] = field(default_factory=list)
+    """key=value overrides applied to every pretraining run."""
+    finetune_overrides: list[str] = field(default_factory=list)
+    """key=value overrides applied to every fine-tuning run."""
     architectures: list[Literal["visual_bert", "vilbert"]] = field(
         default_factory=lambda: ["visual_bert"]
     )
     """Architectures of the grid."""
     pretrain_sets: dict[str, list[DataSource]] = field(default_factory=dict)
-    """Named pretraining shard sets or mixes; 'scratch' is added implicitly."""
-    tasks: list[str] = field(default_factory=list)
-    """Downstream tasks fine-tuned from every export."""
+    """Named pretraining shard sets or mixes (several sources with weights)."""
+    pretrain_fractions: list[float] = field(default_factory=lambda: [1.0])
+    """Fractions of each pretraining set (data size ablation)."""
+    scratch: bool = True
+    """Also fine-tune from random weights: the baseline of every table."""
+    tasks: dict[str, StudyTask] = field(default_factory=dict)
+    """Downstream tasks fine-tuned from every export, by name."""
     modes: list[Literal["full", "frozen"]] = field(default_factory=lambda: ["full"])
-    """Fine-tuning modes."""
+    """Fine-tuning modes: the whole model, or the head on a frozen base."""
     train_fractions: list[float] = field(default_factory=lambda: [1.0])
-    """Fractions of the downstream train split."""
+    """Fractions of the downstream train split (low-resource study)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Fine-tuning seeds."""
+    pretrain_resources: StudyResources = field(default_factory=StudyResources)
+    """Workers and devices of each pretraining run."""
+    finetune_resources: StudyResources = field(default_factory=StudyResources)
+    """Workers and devices of each fine-tuning run."""
+    max_failures: int = 2
+    """Times Ray Train restarts a run's workers after a crash (each restart resumes from the
+    last complete checkpoint); then the run is recorded as failed."""
 
     def __post_init__(self):
-        if any(not 0 < f <= 1 for f in self.train_fractions):
-            raise Invalid("train_fractions", "each fraction must be in (0, 1]")
+        for name in ("train_fractions", "pretrain_fractions"):
+            if any(not 0 < f <= 1 for f in getattr(self, name)):
+                raise Invalid(name, "each fraction must be in (0, 1]")
+        if self.max_failures < 0:
+            raise Invalid("max_failures", "must be >= 0")
+        if "scratch" in self.pretrain_sets:
+            raise Invalid("pretrain_sets", "'scratch' is the no-pretraining baseline's name")
+        for name in self.pretrain_sets:
+            if not name or not all(c.isalnum() or c in "_-" for c in name):
+                raise Invalid("pretrain_sets", f"set name {name!r}: letters, digits, _ and -")
 
 
 @dataclass

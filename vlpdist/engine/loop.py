@@ -265,5 +265,6 @@ def _record(cfg, dist, loader, evaluator, state, tel, out, init_info, t_start) -
             "vlpdist": __version__,
         },
         "seconds": round(time.time() - t_start, 2),
+        "timing": {"started": t_start, "first_step": tel.first_step, "finished": time.time()},
         "config": yaml.safe_load(dump_yaml(cfg, redact=True)),
     }

@@ -68,6 +68,12 @@ def preflight(cfg: Config, command: str) -> Preflight:
         probe = join(run_url, ".write-probe")
         storage.write_text(probe, "ok")
         storage.rm(probe)
+    for key, sources in (("data.sources", cfg.data.sources), ("eval.sources", cfg.eval.sources)):
+        if key == "data.sources" and not sources:
+            raise VlpdistError("data.sources: no shard set to train on")
+        for src in sources:
+            if not storage.exists(join(src.url, "index.json")):
+                raise VlpdistError(f"{key}: {src.url}: no shard set there (no index.json)")
     if cfg.run.init_from:
         _check_export(storage, cfg.run.init_from)
     latest = (checkpoint.committed(storage, run_url) or [(0, None)])[-1][1]

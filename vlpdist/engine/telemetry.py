@@ -62,6 +62,7 @@ class Telemetry:
         self.losses: dict = {}  # summed over the micro-batches of the current update
         self.micro_batches = 0
         self._mark = time.perf_counter()
+        self.first_step: float | None = None  # wall-clock time of this process's first update
         self.tb = self.bar = None
         if self.main:
             from tensorboardX import SummaryWriter
@@ -99,6 +100,8 @@ class Telemetry:
         losses, n = self.losses, max(self.micro_batches, 1)
         self.losses, self.micro_batches = {}, 0
         now = time.perf_counter()
+        if self.first_step is None:
+            self.first_step = time.time()
         for acc in (self.window, self.total):
             acc["updates"] += 1
             acc["seconds"] += now - self._mark

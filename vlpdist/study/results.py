@@ -1,0 +1,98 @@
+"""The study's results store on any storage URL: one JSON record per run under
+`<study>/results/<run>.json`, written by the engine when a run finishes (status "done") or
+by the study driver when it gives up on one (status "failed", with the error). A run with a
+record is not run again (failed ones only with --retry-failed).
+
+The driver also keeps `<study>/status.json` fresh while it runs (which runs are in flight,
+a heartbeat), so `vlpdist study status` can tell running from interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from vlpdist.storage import Storage, join
+from vlpdist.study.grid import RunSpec
+
+HEARTBEAT_S = 10.0  # the driver rewrites status.json at least this often
+
+
+class Results:
+    def __init__(self, storage: Storage, root: str):
+        self.storage, self.root = storage, root
+        self.url = join(root, "results")
+
+    def record_url(self, name: str) -> str:
+        return join(self.url, f"{name}.json")
+
+    def all(self) -> dict[str, dict]:
+        """Every record by run name (unreadable ones are reported as such, never dropped)."""
+        out = {}
+        for url in self.storage.ls(self.url):
+            if not url.endswith(".json"):
+                continue
+            name = url.rsplit("/", 1)[-1][: -len(".json")]
+            try:
+                out[name] = json.loads(self.storage.read_text(url))
+            except json.JSONDecodeError as e:
+                out[name] = {"status": "failed", "error": f"{url}: unreadable record ({e.msg})"}
+        return out
+
+    def fail(self, spec: RunSpec, error: str, seconds: float, timing: dict) -> dict:
+        record = {"run": spec.name, "kind": spec.kind, "status": "failed", "error": error,
+                  "labels": spec.labels, "seconds": round(seconds, 2), "timing": timing}  # fmt: skip
+        self.storage.write_text(self.record_url(spec.name), json.dumps(record, indent=1))
+        return record
+
+    def heartbeat(self, running: list[str], counts: dict) -> None:
+        state = {"time": time.time(), "running": running, "counts": counts}
+        self.storage.write_text(join(self.root, "status.json"), json.dumps(state))
+
+    def live(self) -> list[str]:
+        """Runs in flight according to a driver seen alive in the last three heartbeats."""
+        url = join(self.root, "status.json")
+        if not self.storage.exists(url):
+            return []
+        state = json.loads(self.storage.read_text(url))
+        fresh = time.time() - state.get("time", 0) < 3 * HEARTBEAT_S
+        return state.get("running", []) if fresh else []
+
+
+def states(plan: list[RunSpec], records: dict[str, dict], live: list[str]) -> list[dict]:
+    """One row per run: name, kind, state (pending, running, done, failed) and metric."""
+    rows = []
+    for spec in plan:
+        rec = records.get(spec.name)
+        if rec:
+            state = rec.get("status", "failed")
+        else:
+            state = "running" if spec.name in live else "pending"
+        metric = (rec or {}).get("metric") or {}
+        value = metric.get("value")
+        rows.append({
+            "run": spec.name, "kind": spec.kind, "state": state,
+            "metric": f"{metric.get('name')}={value:.4f}" if isinstance(value, float) else "",
+            "error": (rec or {}).get("error", ""),
+        })  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """A plain-text table with a progress bar line at the end."""
+    widths = {
+        k: max(len(k), *(len(str(r[k])) for r in rows)) for k in ("run", "kind", "state", "metric")
+    }
+    lines = ["  ".join(k.ljust(w) for k, w in widths.items())]
+    for r in rows:
+        line = "  ".join(str(r[k]).ljust(w) for k, w in widths.items())
+        lines.append((line + ("  " + r["error"][:120] if r["error"] else "")).rstrip())
+    finished = sum(r["state"] in ("done", "failed") for r in rows)
+    n = max(len(rows), 1)
+    bar = "#" * round(30 * finished / n) + "." * (30 - round(30 * finished / n))
+    counts = {
+        s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "running", "pending")
+    }
+    lines.append(f"[{bar}] {finished}/{len(rows)} finished  "
+                 + "  ".join(f"{k} {v}" for k, v in counts.items()))  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,216 @@
+"""`vlpdist study CONFIG`: the paper's experiment as one command, scheduled by Ray.
+
+The driver plans the grid (grid.py), skips every run that has a record, and keeps the
+cluster busy: a run is started when its inputs exist (a fine-tuning run as soon as its
+pretraining run's export is committed, not after the whole stage) and when the cluster has
+the CPUs/GPUs it asks for. Each run is a Ray Train job (TorchTrainer) whose workers call the
+engine, exactly as `vlpdist pretrain|finetune` would under the deepspeed launcher; a worker
+that dies makes Ray Train restart the group (study.max_failures times), and the engine
+resumes from the run's last complete checkpoint. A run that keeps failing is recorded as
+failed with its error, and the study goes on. Killing the driver loses nothing: rerunning
+the command skips finished runs and resumes interrupted ones from their checkpoints.
+
+With no RAY_ADDRESS it starts a local Ray on a loopback address; with RAY_ADDRESS, or
+under `ray job submit`, it joins that cluster. This package is the only one importing ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import uuid
+
+import ray
+
+from vlpdist.config import Config
+from vlpdist.engine import setup
+from vlpdist.errors import VlpdistError
+from vlpdist.storage import Storage
+from vlpdist.study.grid import RunSpec, plan, study_root
+from vlpdist.study.results import HEARTBEAT_S, Results, states, table
+
+log = logging.getLogger(__name__)
+LOCAL_IP = "127.0.0.2"  # a local Ray's node address: loopback, and one Ray keeps as given
+
+
+def _train_worker(config: dict) -> None:
+    """Ray Train's per-worker function: the engine, as under the deepspeed launcher (Ray
+    Train sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR and the process group)."""
+    from vlpdist.engine import loop
+
+    getattr(loop, config["kind"])(config["cfg"])
+
+
+def _one_line(e: BaseException) -> str:
+    """The user-facing line of a run's failure: a VlpdistError's message, also when Ray
+    wraps it in a worker group's traceback text, else the last line of the error."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, VlpdistError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(e)
+    ours = re.findall(r"vlpdist\.errors\.\w+: (.+)", text)
+    if ours:
+        return ours[-1].strip()[:500]
+    return (text.strip().splitlines() or [type(e).__name__])[-1].strip()[:500]
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> dict:
+    """One run: preflight (bad input fails at once, without retries), then a Ray Train job."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started = time.time()
+    results = Results(Storage(spec.cfg.storage), root)
+    timing = {"submitted": submitted, "started": started}
+    r = spec.resources
+    try:
+        setup.preflight(spec.cfg, spec.kind)
+        gpu = r.gpus_per_worker > 0
+        per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if gpu else {})}
+        trainer = TorchTrainer(
+            _train_worker,
+            train_loop_config={"cfg": spec.cfg, "kind": spec.kind},
+            scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=gpu,
+                                         resources_per_worker=per_worker),
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            run_config=RunConfig(
+                name=f"{spec.name}-{uuid.uuid4().hex[:8]}",
+                # Ray Train's own bookkeeping; our checkpoints and records go to run.output
+                storage_path=os.path.join(tempfile.gettempdir(), "vlpdist-ray-train"),
+                failure_config=FailureConfig(max_failures=max_failures),
+            ),
+        )  # fmt: skip
+        trainer.fit()
+        record = json.loads(results.storage.read_text(results.record_url(spec.name)))
+    except Exception as e:  # noqa: BLE001 - every failure becomes the run's record
+        return results.fail(spec, _one_line(e), time.time() - started, timing)
+    record["study"] = {"labels": spec.labels, "run_s": round(time.time() - started, 2),
+                       "timing": {**timing, "finished": time.time()}}  # fmt: skip
+    results.storage.write_text(results.record_url(spec.name), json.dumps(record, indent=1))
+    return record
+
+
+def _need(spec: RunSpec) -> tuple[float, float]:
+    r = spec.resources
+    return r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
+
+
+def _resolve_storage(cfg: Config) -> Config:
+    """The study's S3 settings, taken from the driver's environment where the config leaves
+    them unset, travel with each run's config (Ray task arguments, never printed), so
+    workers on other nodes need no AWS_* variables of their own."""
+    s = cfg.storage
+    env = {
+        "endpoint_url": os.environ.get("AWS_ENDPOINT_URL"),
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        "access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+    }
+    filled = {k: v for k, v in env.items() if v and getattr(s, k) is None}
+    return dataclasses.replace(cfg, storage=dataclasses.replace(s, **filled))
+
+
+def connect() -> str:
+    """Join RAY_ADDRESS (set by `ray job submit` too), or start a local Ray on loopback."""
+    address = os.environ.get("RAY_ADDRESS")
+    kw = {"log_to_driver": False, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(_node_ip_address=LOCAL_IP, include_dashboard=False, **kw)
+    return address or "local"
+
+
+def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) -> dict:
+    cfg = _resolve_storage(cfg)
+    grid = plan(cfg)
+    root = study_root(cfg)
+    results = Results(Storage(cfg.storage), root)
+    records = results.all()
+    skip = {n for n, r in records.items() if r.get("status") == "done" or not retry_failed}
+    todo = [s for s in grid if s.name not in skip]
+    summary = {"study": cfg.study.name, "root": root, "runs": len(grid),
+               "skipped": len(grid) - len(todo), "executed": 0}  # fmt: skip
+    if not todo:
+        return {**summary, "rows": states(grid, records, [])}
+    summary["ray"] = connect()
+    capacity = ray.cluster_resources()
+    total = (capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
+    for spec in todo:
+        cpu, gpu = _need(spec)
+        if cpu > total[0] or gpu > total[1]:
+            raise VlpdistError(
+                f"study run {spec.name} needs {cpu:g} CPUs and {gpu:g} GPUs; the Ray cluster has "
+                f"{total[0]:g} and {total[1]:g} (study.*_resources)"
+            )
+    t0 = time.time()
+    pending, running, done_names = list(todo), {}, set()
+    bar = _bar(len(grid), summary["skipped"], progress)
+    last_beat = 0.0
+    while pending or running:
+        used = [sum(_need(s)[i] for s in running.values()) for i in (0, 1)]
+        # pretraining first (it unlocks fine-tuning), then in grid order; a run that does
+        # not fit now lets smaller ones behind it use the free slots (backfilling)
+        for spec in sorted(pending, key=lambda s: (s.kind != "pretrain", grid.index(s))):
+            if spec.depends and spec.depends not in records:
+                continue  # its export does not exist yet
+            dep = records[spec.depends] if spec.depends else {"status": "done"}
+            if dep.get("status") != "done":
+                pending.remove(spec)
+                error = f"pretraining run {spec.depends} failed: {dep.get('error', '')}"
+                records[spec.name] = results.fail(
+                    spec, error[:500], 0.0, {"submitted": time.time()}
+                )
+                bar.update(1)
+                continue
+            cpu, gpu = _need(spec)
+            if used[0] + cpu > total[0] or used[1] + gpu > total[1]:
+                continue
+            pending.remove(spec)
+            running[_execute.remote(spec, root, cfg.study.max_failures, time.time())] = spec
+            used = [used[0] + cpu, used[1] + gpu]
+        if time.time() - last_beat > HEARTBEAT_S / 2:
+            results.heartbeat([s.name for s in running.values()], {"done": len(done_names)})
+            last_beat = time.time()
+        if not running:
+            continue
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=HEARTBEAT_S / 2)
+        for ref in ready:
+            spec = running.pop(ref)
+            rec = ray.get(ref)
+            records[spec.name] = rec
+            done_names.add(spec.name)
+            summary["executed"] += 1
+            bar.update(1)
+            metric = rec.get("metric") or {}
+            bar.write(f"{spec.name}: {rec.get('status')}"
+                      + (f" {metric['name']}={metric['value']}" if metric else "")
+                      + (f" ({rec['error']})" if rec.get("error") else ""), file=sys.stderr)  # fmt: skip
+    bar.close()
+    results.heartbeat([], {"done": len(done_names)})
+    summary["makespan_s"] = round(time.time() - t0, 2)
+    return {**summary, "rows": states(grid, records, [])}
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="run", desc="study",
+                disable=None if enabled else True, dynamic_ncols=True)  # fmt: skip
+
+
+def status(cfg: Config) -> str:
+    cfg = _resolve_storage(cfg)
+    grid = plan(cfg)
+    results = Results(Storage(cfg.storage), study_root(cfg))
+    return table(states(grid, results.all(), results.live()))
