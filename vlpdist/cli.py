@@ -58,6 +58,17 @@ def cmd_shards_synth(args) -> int:
     return 0
 
 
+def cmd_shards_caption(args) -> int:
+    from vlpdist.ccg import caption_set
+
+    result = caption_set(_config(args))
+    if result["rank"] == 0:
+        print(result["report"], file=sys.stderr)
+        keys = ("run", "export", "out", "samples", "metric", "steps", "resumed_from")
+        print(json.dumps({k: result[k] for k in keys if k in result}))
+    return 0
+
+
 def cmd_shards_inspect(args) -> int:
     from vlpdist.shards.reader import format_inspect, inspect
 
@@ -140,6 +151,18 @@ def cmd_bench_study(args) -> int:
     return bench_study(args)
 
 
+def cmd_analyze_drift(args) -> int:
+    from vlpdist.analysis.drift import main as drift_main
+
+    return drift_main(args)
+
+
+def cmd_report(args) -> int:
+    from vlpdist.analysis.report import main as report_main
+
+    return report_main(args)
+
+
 def cmd_bench_train(args) -> int:
     from vlpdist.bench.train import main as bench_train
 
@@ -194,6 +217,22 @@ def parser() -> argparse.ArgumentParser:
     p.epilog = OVERRIDES
     p.set_defaults(fn=cmd_study)
 
+    an = sub.add_parser("analyze", help="analyses of trained models").add_subparsers(
+        dest="sub", required=True
+    )
+    p = an.add_parser("drift", help="per-layer L1 and angle between pretrained and fine-tuned")
+    p.add_argument("pretrained", help="export directory URL of the pretrained model")
+    p.add_argument("finetuned", help="export directory URL of the fine-tuned model (best/)")
+    p.add_argument("--out", help="directory URL for drift.csv, drift.json and drift.png")
+    p.add_argument("--json", action="store_true", help="one JSON line per row")
+    p.set_defaults(fn=cmd_analyze_drift)
+
+    p = sub.add_parser("report", help="tables (Markdown, CSV) and plots of a study's records")
+    p.add_argument("study", help="the study's config file, or its root URL")
+    p.add_argument("--out", help="output directory URL (default <study root>/report)")
+    p.epilog = OVERRIDES
+    p.set_defaults(fn=cmd_report)
+
     p = sub.add_parser(
         "finetune", help="fine-tune on a downstream task, from an export or from scratch"
     )
@@ -225,6 +264,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_config_args(p, required=False)
     p.set_defaults(fn=cmd_shards_inspect)
+
+    p = sh.add_parser(
+        "caption", help="train a captioner, caption another set's images: a new (CCG) set"
+    )
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_shards_caption)
 
     p = sh.add_parser("verify", help="check sha256, sizes and offsets; exit 1 naming bad shards")
     p.add_argument("url", help="dataset directory URL (holding index.json)")

@@ -10,6 +10,7 @@ from vlpdist.config.loader import (
 )
 from vlpdist.config.recipe import Recipe, ShardsConfig
 from vlpdist.config.sections import (
+    CaptionConfig,
     Config,
     DataConfig,
     DataSource,
@@ -38,6 +39,7 @@ __all__ = [
     "OptimConfig",
     "Recipe",
     "RetryConfig",
+    "CaptionConfig",
     "EvalConfig",
     "RunConfig",
     "ShardsConfig",

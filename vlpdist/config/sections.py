@@ -59,16 +59,17 @@ class DataSource:
             raise Invalid("weight", "must be > 0")
 
 
-TASKS = ("pretrain", "vqa", "vizwiz", "snli_ve", "mmimdb")
+TASKS = ("pretrain", "vqa", "vizwiz", "snli_ve", "mmimdb", "caption")
 
 
 @dataclass
 class DataConfig:
     sources: list[DataSource] = field(default_factory=list)
     """Shard sets to stream, with mixing weights."""
-    task: Literal["pretrain", "vqa", "vizwiz", "snli_ve", "mmimdb"] = "pretrain"
-    """What a sample is: one image with a random one of its texts (pretrain), or one
-    question / hypothesis / plot with its task target."""
+    task: Literal["pretrain", "vqa", "vizwiz", "snli_ve", "mmimdb", "caption"] = "pretrain"
+    """What a sample is: one image with a random one of its texts (pretrain), one
+    question / hypothesis / plot with its task target, or one caption to learn to write
+    (caption: the CCG captioner)."""
     batch_size: int = 32
     """Samples per batch on one rank (the micro-batch)."""
     num_workers: int = 2
@@ -246,6 +247,30 @@ class EvalConfig:
 
 
 @dataclass
+class CaptionConfig:
+    """`vlpdist shards caption`: the captioner's output (its training is data/model/optim)."""
+
+    images: str | None = None
+    """Shard set whose images get generated captions (e.g. the downstream task's images)."""
+    out: str | None = None
+    """URL of the new shard set (CCG: generated in-domain captions)."""
+    name: str = "ccg"
+    """The new set's dataset name."""
+    beam_size: int = 3
+    """Beam search width; 1 = greedy decoding."""
+    max_len: int = 20
+    """Most tokens per generated caption."""
+    batch_size: int = 32
+    """Images decoded at once."""
+    overwrite: bool = False
+    """Replace an existing shard set at `out`."""
+
+    def __post_init__(self):
+        if self.beam_size < 1 or self.max_len < 1 or self.batch_size < 1:
+            raise Invalid("beam_size", "beam_size, max_len and batch_size must be >= 1")
+
+
+@dataclass
 class StudyTask:
     train: list[DataSource] = field(default_factory=list)
     """The downstream task's train split (shard sets)."""
@@ -340,6 +365,7 @@ class Config:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
 

@@ -112,7 +112,7 @@ class Collator:
             t0 = time.perf_counter()
             self._mask(out, ids, att, feats, rmask, items, itm, rng)
             self.mask_s += time.perf_counter() - t0
-        else:
+        elif cfg.task != "caption":  # a caption is its own target
             out["targets"] = self._targets(texts)
         out["feats"] = feats
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}

@@ -33,7 +33,7 @@ from vlpdist.engine.telemetry import Telemetry
 from vlpdist.errors import VlpdistError
 from vlpdist.models.flavors import DataDims
 from vlpdist.models.flops import flops_per_sample
-from vlpdist.models.losses import model_inputs, pretrain_losses, task_loss
+from vlpdist.models.losses import caption_loss, model_inputs, pretrain_losses, task_loss
 from vlpdist.models.model import build_model
 from vlpdist.storage import join
 
@@ -55,11 +55,16 @@ def finetune(cfg: Config) -> dict:
     return _run(cfg, setup.preflight(cfg, "finetune"))
 
 
+def caption(cfg: Config) -> dict:
+    """Train a captioner (data.task caption); its export writes CCG captions (vlpdist.ccg)."""
+    return _run(cfg, setup.preflight(cfg, "caption"))
+
+
 def _run(cfg: Config, pre: setup.Preflight) -> dict:
     import deepspeed
 
     # -- setup (the checks that need no process group ran in preflight)
-    tuning = cfg.data.task != "pretrain"
+    tuning = cfg.data.task not in ("pretrain", "caption")  # evaluated on a val split
     t_start = time.time()
     dist = init()
     torch.manual_seed(cfg.run.seed)
@@ -152,6 +157,8 @@ def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml,
             out = engine(**model_inputs(batch))
             if task == "pretrain":
                 losses = pretrain_losses(out, batch)
+            elif task == "caption":
+                losses = {"caption": caption_loss(out["caption"], batch)}
             else:
                 losses = {"task": task_loss(task, out["logits"], batch)}
             tel.micro(batch, wait, losses)
@@ -239,7 +246,7 @@ def _record(cfg, dist, loader, evaluator, state, tel, out, init_info, t_start) -
                 for i in range(len(loader.stream.sources)))  # fmt: skip
     return {
         "run": cfg.run.name,
-        "kind": "finetune" if evaluator else "pretrain",
+        "kind": "finetune" if evaluator else cfg.data.task,
         "task": cfg.data.task,
         "arch": cfg.model.arch,
         "flavor": cfg.model.flavor,

@@ -57,8 +57,10 @@ def preflight(cfg: Config, command: str) -> Preflight:
             f"data.task is {task!r}: pretraining streams task 'pretrain'; "
             "use `vlpdist finetune` for downstream tasks"
         )
-    if command == "finetune" and task == "pretrain":
+    if command == "finetune" and task in ("pretrain", "caption"):
         raise VlpdistError("data.task: name the downstream task (vqa, vizwiz, snli_ve, mmimdb)")
+    if command == "caption" and task != "caption":
+        raise VlpdistError(f"data.task is {task!r}: a captioner trains on task 'caption'")
     if command == "finetune" and not cfg.eval.sources:
         raise VlpdistError("eval.sources: fine-tuning evaluates on the val split; name its shards")
     deepspeed_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))

@@ -7,6 +7,7 @@ encoder at small sizes, and the losses only look at selected rows anyway.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
@@ -64,3 +65,33 @@ class Classifier(nn.Module):
 
     def forward(self, pooled):
         return self.net(pooled)
+
+
+class CaptionDecoder(nn.Module):
+    """A small transformer decoder (torch's: causal self-attention, cross-attention to the
+    encoder's region states) that writes a caption token by token: the captioner behind
+    generated in-domain captions (CCG). Its own word embeddings and output layer, so the
+    encoder stays interchangeable with the pretraining models'."""
+
+    def __init__(self, hidden: int, memory_dim: int, vocab: int, layers: int = 2,
+                 heads: int = 2, max_len: int = 64, dropout: float = 0.1):  # fmt: skip
+        super().__init__()
+        self.words = nn.Embedding(vocab, hidden)
+        self.positions = nn.Embedding(max_len, hidden)
+        self.memory = nn.Linear(memory_dim, hidden) if memory_dim != hidden else nn.Identity()
+        layer = nn.TransformerDecoderLayer(hidden, heads, 4 * hidden, dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)  # fmt: skip
+        self.decoder = nn.TransformerDecoder(layer, layers)
+        self.norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, ids, memory, memory_mask):
+        """ids [B, T] (starting with [CLS]) → logits [B, T, V] of each next token."""
+        t = ids.shape[1]
+        if t > self.positions.num_embeddings:
+            raise ValueError(f"caption of {t} tokens > max_len {self.positions.num_embeddings}")
+        x = self.words(ids) + self.positions.weight[:t]
+        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).triu(1)
+        x = self.decoder(x, self.memory(memory), tgt_mask=causal,
+                         memory_key_padding_mask=memory_mask == 0)  # fmt: skip
+        return self.out(self.norm(x))

@@ -80,3 +80,13 @@ def task_loss(task: str, logits: torch.Tensor, batch) -> torch.Tensor:
     if task == "mmimdb":
         return F.binary_cross_entropy_with_logits(logits, targets.float())
     raise ValueError(f"no loss for task {task!r}")
+
+
+def caption_loss(logits: torch.Tensor, batch) -> torch.Tensor:
+    """Next-token cross-entropy of the caption (teacher forcing): logits [B, T-1, V] predict
+    input_ids[:, 1:]; padding tokens and padding samples never count."""
+    targets = batch.input_ids[:, 1:]
+    keep = (batch.attention_mask[:, 1:] == 1) & ~batch.is_pad[:, None]
+    if not keep.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[keep].float(), targets[keep])

@@ -13,7 +13,7 @@ from torch import nn
 
 from vlpdist.models.base import Encoder
 from vlpdist.models.flavors import DataDims, resolve
-from vlpdist.models.heads import Classifier, MLMHead, RegionHead
+from vlpdist.models.heads import CaptionDecoder, Classifier, MLMHead, RegionHead
 from vlpdist.models.text_init import load_text_weights
 from vlpdist.models.vilbert import ViLBertEncoder
 from vlpdist.models.visual_bert import VisualBertEncoder
@@ -39,7 +39,12 @@ class VLModel(nn.Module):
             heads["mfr"] = RegionHead(encoder.image_dim, dims.visual_dim)
         if "itm" in self.objectives:
             heads["itm"] = Classifier(encoder.pooled_dim, 2)
-        if task != "pretrain":
+        if task == "caption":
+            heads["caption"] = CaptionDecoder(
+                encoder.text_dim, encoder.image_dim, dims.vocab_size,
+                heads=max(1, encoder.text_dim // 64),
+            )  # fmt: skip
+        elif task != "pretrain":
             labels = TASK_LABELS.get(task, dims.num_labels)
             if not labels:
                 raise ValueError(f"task {task} needs the number of labels from the data")
@@ -58,12 +63,19 @@ class VLModel(nn.Module):
         mlm_mask: torch.Tensor | None = None,
         mrm_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        h = self.heads
+        if "caption" in h:  # the image alone goes in ([CLS] + regions); the caption comes out
+            enc = self.encoder(
+                input_ids=input_ids[:, :1], token_type_ids=token_type_ids[:, :1],
+                attention_mask=attention_mask[:, :1], feats=feats, boxes=boxes,
+                region_mask=region_mask,
+            )  # fmt: skip
+            return {"caption": h["caption"](input_ids[:, :-1], enc.image, region_mask)}
         enc = self.encoder(
             input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
             feats=feats, boxes=boxes, region_mask=region_mask,
         )  # fmt: skip
         out = {}
-        h = self.heads
         if "mlm" in h and mlm_mask is not None:
             out["mlm"] = h["mlm"](enc.text[mlm_mask])
         if mrm_mask is not None and ("mrc" in h or "mfr" in h):

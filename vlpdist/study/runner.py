@@ -93,6 +93,13 @@ def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> d
         record = json.loads(results.storage.read_text(results.record_url(spec.name)))
     except Exception as e:  # noqa: BLE001 - every failure becomes the run's record
         return results.fail(spec, _one_line(e), time.time() - started, timing)
+    if spec.kind == "finetune" and spec.depends and record.get("provenance", {}).get("best"):
+        from vlpdist.analysis.drift import drift, summary
+
+        try:  # how far fine-tuning moved the pretrained weights, layer by layer
+            record["drift"] = summary(drift(spec.cfg.run.init_from, record["provenance"]["best"]))
+        except VlpdistError as e:
+            record["drift"] = {"error": str(e)}
     record["study"] = {"labels": spec.labels, "run_s": round(time.time() - started, 2),
                        "timing": {**timing, "finished": time.time()}}  # fmt: skip
     results.storage.write_text(results.record_url(spec.name), json.dumps(record, indent=1))

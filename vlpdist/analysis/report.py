@@ -1,0 +1,447 @@
+"""`vlpdist report STUDY`: the paper's tables and plots, rebuilt from the result records.
+
+One table per architecture x fine-tuning mode x train fraction; rows are pretraining sets
+(scratch, the baseline, always first), columns are downstream tasks, and a cell is the best
+validation value of each run's primary metric in %, mean ± sample std over seeds. Nothing
+is computed anywhere else: every number of report.md and the plots is in results.csv, and
+every row of results.csv is a mean over `<study>/results/<run>.json` records.
+
+STUDY is a study config (its `run.output`/`study.name` locate the study) or a study root URL
+(a directory holding results/), on any storage URL.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlpdist.errors import VlpdistError
+from vlpdist.storage import Storage, join
+
+SCRATCH = "scratch"  # the study's name for fine-tuning from random weights
+MODES = ("full", "frozen")  # the paper's order
+TABLE_LABELS = ("arch", "pretrain", "task", "mode", "train_fraction")
+CSV_COLUMNS = ("arch", "mode", "train_fraction", "pretrain", "pretrain_fraction", "task",
+               "metric", "mean", "std", "n", "failed")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One pretraining set x task: values as in the records (0..1)."""
+
+    mean: float | None
+    std: float | None  # sample std (ddof=1); None below two seeds
+    n: int  # seeds that finished with a value
+    failed: int  # runs recorded as failed (or finished without a value)
+
+    def text(self) -> str:
+        """The paper's style: '63.2 ± 0.4 (n=3)', in %."""
+        if self.n == 0:
+            return f"failed ({self.failed} run{'s' * (self.failed != 1)})" if self.failed else ""
+        value = f"{100 * self.mean:.1f}" + (f" ± {100 * self.std:.1f}" if self.n >= 2 else "")
+        return value + f" (n={self.n}" + (f", {self.failed} failed)" if self.failed else ")")
+
+
+@dataclass
+class Table:
+    arch: str
+    mode: str
+    train_fraction: float
+    tasks: list[str]  # columns, sorted
+    rows: list[tuple[str, dict[str, Cell]]]  # (pretraining set label, cells by task)
+    metrics: dict[str, str] = field(default_factory=dict)  # task -> primary metric name
+    origins: dict[str, tuple[str, float]] = field(default_factory=dict)  # label -> (set, frac)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (run, error)
+
+    @property
+    def heading(self) -> str:
+        return f"{self.arch} · {self.mode} · {_pct(self.train_fraction)} of train"
+
+
+# ---------------------------------------------------------------- records
+
+
+def load_records(root_url: str, storage: Storage | None = None) -> list[dict]:
+    """Every record under `<root_url>/results/`, by run name; an unreadable one becomes a
+    failed record naming its file, so that it is reported rather than dropped."""
+    storage = storage or Storage()
+    out = []
+    for url in storage.ls(join(root_url, "results")):
+        if not url.endswith(".json"):
+            continue
+        try:
+            out.append(json.loads(storage.read_text(url)))
+        except json.JSONDecodeError as e:
+            name = url.rsplit("/", 1)[-1][: -len(".json")]
+            out.append({"run": name, "status": "failed", "error": f"{url}: unreadable ({e.msg})"})
+    return sorted(out, key=lambda r: str(r.get("run", "")))
+
+
+def labels(record: dict) -> dict | None:
+    """A run's grid coordinates: under "study" in finished records, at the top in failed ones."""
+    found = (record.get("study") or {}).get("labels") or record.get("labels")
+    return found if isinstance(found, dict) else None
+
+
+def _placed(record: dict) -> dict | None:
+    """The labels of a fine-tuning record that belongs in a table, else None."""
+    lab = labels(record)
+    if record.get("kind") != "finetune" or not lab or any(k not in lab for k in TABLE_LABELS):
+        return None
+    return lab
+
+
+def _set_key(lab: dict) -> tuple[str, float]:
+    pretrain = str(lab["pretrain"])
+    default = 0.0 if pretrain == SCRATCH else 1.0
+    return pretrain, float(lab.get("pretrain_fraction", default))
+
+
+def _set_order(key: tuple[str, float]) -> tuple:
+    return key[0] != SCRATCH, key[0], -key[1]
+
+
+def _table_order(key: tuple[str, str, float]) -> tuple:
+    arch, mode, frac = key  # full before frozen, then the whole train split first
+    return arch, MODES.index(mode) if mode in MODES else len(MODES), mode, -frac
+
+
+def _pct(f: float) -> str:
+    return f"{f * 100:g}%"
+
+
+def row_label(pretrain: str, fraction: float) -> str:
+    """'coco', or 'coco (50%)' for a part of the set; 'scratch' as is."""
+    return pretrain if pretrain == SCRATCH or fraction == 1 else f"{pretrain} ({_pct(fraction)})"
+
+
+def _value(record: dict) -> float | None:
+    value = (record.get("metric") or {}).get("value")
+    ok = record.get("status") == "done" and isinstance(value, int | float) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _cell(runs: list[dict]) -> Cell:
+    values = [v for v in map(_value, runs) if v is not None]
+    n = len(values)
+    mean = statistics.mean(values) if n else None
+    std = statistics.stdev(values) if n >= 2 else None
+    return Cell(mean, std, n, len(runs) - n)
+
+
+def tables(records: list[dict]) -> list[Table]:
+    """The paper's tables: arch x mode x train fraction; every table of an architecture has
+    the same rows (scratch first, present even without records), so tables line up."""
+    groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    sets: dict[str, set] = defaultdict(lambda: {(SCRATCH, 0.0)})
+    for rec in records:
+        if lab := _placed(rec):
+            groups[(lab["arch"], lab["mode"], float(lab["train_fraction"]))].append((lab, rec))
+            sets[lab["arch"]].add(_set_key(lab))
+    out = []
+    for arch, mode, frac in sorted(groups, key=_table_order):
+        group = groups[(arch, mode, frac)]
+        tasks = sorted({str(lab["task"]) for lab, _ in group})
+        t = Table(arch, mode, frac, tasks, [])
+        for key in sorted(sets[arch], key=_set_order):
+            label = row_label(*key)
+            t.origins[label] = key
+            cells = {}
+            for task in tasks:
+                runs = [r for lab, r in group if _set_key(lab) == key and str(lab["task"]) == task]
+                cells[task] = _cell(runs)
+                for r in runs:
+                    if _value(r) is None:
+                        t.failures.append((str(r.get("run")), r.get("error") or "no metric value"))
+                    elif name := (r.get("metric") or {}).get("name"):
+                        t.metrics.setdefault(task, name)
+            t.rows.append((label, cells))
+        t.failures.sort()
+        out.append(t)
+    return out
+
+
+# ---------------------------------------------------------------- text outputs
+
+
+def markdown(tables: list[Table]) -> str:
+    if not tables:
+        return "No fine-tuning records yet.\n"
+    parts = []
+    for t in tables:
+        metrics = ", ".join(f"{k}: {t.metrics.get(k, '?')}" for k in t.tasks)
+        lines = [f"## {t.heading}", "",
+                 f"Best validation score (%), mean ± std over seeds. Metrics: {metrics}.", "",
+                 "| pretraining | " + " | ".join(t.tasks) + " |",
+                 "|:---|" + "---:|" * len(t.tasks)]  # fmt: skip
+        for label, cells in t.rows:
+            lines.append(f"| {label} | " + " | ".join(cells[k].text() for k in t.tasks) + " |")
+        if t.failures:
+            lines += ["", "Failed runs:"] + [f"- `{run}`: {err}" for run, err in t.failures]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def csv_text(tables: list[Table]) -> str:
+    """Long format, one row per table cell, values as in the records (0..1)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for t in tables:
+        for label, cells in t.rows:
+            pretrain, pfrac = t.origins[label]
+            for task in t.tasks:
+                c = cells[task]
+                w.writerow([t.arch, t.mode, repr(t.train_fraction), pretrain, repr(pfrac), task,
+                            t.metrics.get(task, ""), "" if c.mean is None else repr(c.mean),
+                            "" if c.std is None else repr(c.std), c.n, c.failed])  # fmt: skip
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _slug(*parts: object) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(str(p) for p in parts))
+
+
+def _frac_slug(f: float) -> str:
+    return f"{f * 100:g}pct"
+
+
+def _pct_or_nan(x: float | None) -> float:
+    return float("nan") if x is None else 100 * x
+
+
+def plots(tables: list[Table], records: list[dict], out_dir: str) -> list[str]:
+    """Scores per pretraining set per task, low-resource curves and drift per layer, as PNG
+    files in `out_dir`; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure  # no pyplot: no global figure state to leak
+    from matplotlib.ticker import MaxNLocator
+
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=110)
+        written.append(name)
+
+    for t in tables:  # (1) grouped bars, one figure per table
+        fig = Figure(figsize=(max(5.0, 1.0 + 0.45 * len(t.rows) * len(t.tasks)), 3.8))
+        ax = fig.add_subplot()
+        width = 0.8 / len(t.rows)
+        for i, (label, cells) in enumerate(t.rows):
+            xs = np.arange(len(t.tasks)) + (i - (len(t.rows) - 1) / 2) * width
+            means = [_pct_or_nan(cells[k].mean) for k in t.tasks]
+            stds = [0.0 if cells[k].std is None else 100 * cells[k].std for k in t.tasks]
+            ax.bar(xs, means, width, yerr=stds, capsize=2, label=label)
+        ax.set_xticks(range(len(t.tasks)), t.tasks)
+        ax.set_ylabel("best val score (%)")
+        ax.set_title(t.heading)
+        ax.legend(fontsize="small")
+        save(fig, f"scores-{_slug(t.arch, t.mode, _frac_slug(t.train_fraction))}.png")
+
+    by_curve: dict[tuple[str, str], list[Table]] = defaultdict(list)
+    for t in tables:
+        by_curve[(t.arch, t.mode)].append(t)
+    for (arch, mode), group in by_curve.items():  # (2) score vs train fraction
+        if len(group) < 2:
+            continue
+        group = sorted(group, key=lambda t: t.train_fraction)
+        fracs = [t.train_fraction for t in group]
+        for task in sorted({k for t in group for k in t.tasks}):
+            fig = Figure(figsize=(5.5, 3.8))
+            ax = fig.add_subplot()
+            for label in dict.fromkeys(label for t in group for label, _ in t.rows):
+                pts = [(t.train_fraction, dict(t.rows)[label].get(task)) for t in group]
+                pts = [(f, c) for f, c in pts if c is not None and c.n]
+                if pts:
+                    ax.errorbar([f for f, _ in pts], [100 * c.mean for _, c in pts],
+                                yerr=[0.0 if c.std is None else 100 * c.std for _, c in pts],
+                                marker="o", capsize=2, label=label)  # fmt: skip
+            if max(fracs) / min(fracs) > 10:
+                ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(fracs, [_pct(f) for f in fracs])
+            ax.set_xlabel("fraction of the train split")
+            ax.set_ylabel("best val score (%)")
+            ax.set_title(f"{arch} · {mode} · {task}")
+            ax.legend(fontsize="small")
+            save(fig, f"lowres-{_slug(arch, task, mode)}.png")
+
+    for arch, curves in sorted(drift_curves(records).items()):  # (3) drift per layer
+        streams = sorted({s for per in curves.values() for s in per}, key=_stream_order)
+        fig = Figure(figsize=(4.2 * len(streams), 6.4))
+        axes = fig.subplots(2, len(streams), squeeze=False)
+        for j, stream in enumerate(streams):
+            for (label, mode), per in sorted(curves.items()):
+                if stream not in per:
+                    continue
+                for i, stat in enumerate(("angle_deg", "l1")):
+                    if stat not in per[stream]:
+                        continue
+                    ys = per[stream][stat]
+                    axes[i][j].plot(range(len(ys)), ys, marker="o", label=f"{label} · {mode}")
+            axes[0][j].set_title(f"{arch} · {stream}")
+            axes[0][j].set_ylabel("drift: mean angle (deg)")
+            axes[1][j].set_ylabel("drift: mean L1")
+            for ax in axes[:, j]:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes[1][j].set_xlabel("layer")
+            axes[0][j].legend(fontsize="small")
+        save(fig, f"drift-{_slug(arch)}.png")
+    return written
+
+
+def _stream_order(stream: str) -> tuple:
+    known = ("single", "text", "visual", "co")  # VisualBERT's one stream; ViLBERT's three
+    return (known.index(stream) if stream in known else len(known)), stream
+
+
+def _floats(x) -> list[float] | None:
+    """A per-layer list of numbers; None entries (undefined values) become NaN."""
+    if not isinstance(x, list) or not x:
+        return None
+    if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in x):
+        return None
+    return [math.nan if v is None else float(v) for v in x]
+
+
+def _layer_mean(arrays: list[list[float]]) -> list[float]:
+    """Per-layer mean of arrays that may differ in length; NaN and padding do not count."""
+    depth = max(map(len, arrays))
+    out = []
+    for i in range(depth):
+        values = [a[i] for a in arrays if i < len(a) and not math.isnan(a[i])]
+        out.append(statistics.mean(values) if values else math.nan)
+    return out
+
+
+def _weights(stream: dict) -> dict:
+    """{weight: {"l1": [...], "angle_deg": [...]}} of one stream of a record's drift field,
+    which holds it under "weights" (with "layers" and means beside it) or directly."""
+    inner = stream.get("weights")
+    return inner if isinstance(inner, dict) else stream
+
+
+def drift_curves(records: list[dict]) -> dict[str, dict[tuple[str, str], dict]]:
+    """arch -> (pretraining label, mode) -> stream -> {"angle_deg"|"l1": per-layer means}:
+    over a run's weights (query, key, ...) first, then over the runs of the group."""
+    acc: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
+    for rec in records:
+        lab, drift = _placed(rec), rec.get("drift")
+        if not lab or _value(rec) is None or not isinstance(drift, dict):
+            continue
+        streams = drift.get("streams")
+        if not isinstance(streams, dict):
+            continue
+        group = acc[str(lab["arch"])][(row_label(*_set_key(lab)), str(lab["mode"]))]
+        for stream, body in streams.items():
+            if not isinstance(body, dict):
+                continue
+            for stat in ("angle_deg", "l1"):
+                per_weight = [_floats(w.get(stat)) for w in _weights(body).values()
+                              if isinstance(w, dict)]  # fmt: skip
+                per_weight = [p for p in per_weight if p]
+                if per_weight:
+                    group[str(stream)][stat].append(_layer_mean(per_weight))
+    curves = {
+        arch: {
+            key: {
+                s: {stat: _layer_mean(v) for stat, v in stats.items()} for s, stats in per.items()
+            }
+            for key, per in groups.items()
+            if per  # a run whose drift field held nothing usable
+        }
+        for arch, groups in acc.items()
+    }
+    return {arch: groups for arch, groups in curves.items() if groups}
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _resolve(study: str, overrides) -> tuple[str, Storage]:
+    """(study root URL, storage) from a study config file or a study root URL."""
+    from vlpdist.config import Config, load
+
+    if study.endswith((".yaml", ".yml")):
+        cfg = load(Config, study, list(overrides))
+        # the study's own layout (vlpdist.study.grid.study_root), without importing study
+        return join(cfg.run.output, cfg.study.name), Storage(cfg.storage)
+    bad = [o for o in overrides if not o.startswith("storage.")]
+    if bad:
+        raise VlpdistError(
+            f"vlpdist report {study}: with a study root URL only storage.* overrides apply, "
+            f"not {bad[0]!r} (pass the study's config file instead)"
+        )
+    return study.rstrip("/"), Storage(load(Config, None, list(overrides)).storage)
+
+
+def report(study: str, out: str | None = None, overrides=()) -> dict:
+    """Write report.md, results.csv and plots/*.png to `out` (default <study root>/report);
+    returns their URLs and the number of tables."""
+    return _report(study, out, overrides)[0]
+
+
+def _report(study: str, out: str | None, overrides) -> tuple[dict, list[Table]]:
+    root, storage = _resolve(study, overrides)
+    records = load_records(root, storage)
+    if not records:
+        raise VlpdistError(
+            f"no result records under {join(root, 'results')}: run `vlpdist study` first"
+        )
+    out = (out or join(root, "report")).rstrip("/")
+    tabs = tables(records)
+    unplaced = [r for r in records if r.get("kind") != "pretrain" and not _placed(r)]
+    with tempfile.TemporaryDirectory(prefix="vlpdist-report-") as tmp:
+        names = [f"plots/{n}" for n in plots(tabs, records, os.path.join(tmp, "plots"))]
+        done = [r for r in records if r.get("status") == "done"]
+        doc = [f"# Report: {root}", "",
+               f"{len(records)} result records: {len(done)} done, "
+               f"{len(records) - len(done)} failed; "
+               f"{sum(r.get('kind') == 'pretrain' for r in records)} pretraining runs. "
+               "Every number below is in results.csv (values as recorded, 0..1).", "",
+               markdown(tabs)]  # fmt: skip
+        if names:
+            doc += ["## Plots", ""] + [f"![{n}]({n})" for n in names] + [""]
+        if unplaced:
+            doc += ["## Records in no table", ""]
+            doc += [f"- `{r.get('run')}`: {r.get('error') or 'no grid labels'}" for r in unplaced]
+        files = {"report.md": "\n".join(doc).rstrip() + "\n", "results.csv": csv_text(tabs)}
+        for name, text in files.items():
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        for name in [*files, *names]:
+            storage.put_file(os.path.join(tmp, name), join(out, name))
+    result = {
+        "markdown": join(out, "report.md"),
+        "csv": join(out, "results.csv"),
+        "plots": [join(out, n) for n in names],
+        "tables": len(tabs),
+    }
+    return result, tabs
+
+
+def main(args) -> int:
+    """CLI entry (args.study, args.out, args.overrides): writes the report, prints the tables."""
+    result, tabs = _report(args.study, args.out, getattr(args, "overrides", None) or ())
+    sys.stdout.write(markdown(tabs))
+    print(f"\nwrote {result['markdown']}, {result['csv']} and {len(result['plots'])} plots "
+          f"({result['tables']} tables)")  # fmt: skip
+    return 0
