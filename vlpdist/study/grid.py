@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 
 from vlpdist.config import Config, DataSource, load
@@ -30,8 +31,13 @@ class RunSpec:
     labels: dict = dataclasses.field(default_factory=dict)  # grid coordinates, for reports
 
 
+def _absolute(url: str) -> str:
+    """Relative local paths are the driver's: Ray workers run in other directories."""
+    return os.path.abspath(url) if is_local(url) and not url.startswith("file:") else url
+
+
 def study_root(cfg: Config) -> str:
-    return join(cfg.run.output, cfg.study.name)
+    return join(_absolute(cfg.run.output), cfg.study.name)
 
 
 def results_url(cfg: Config) -> str:
@@ -47,7 +53,7 @@ def _sources(root: str | None, sources: list[DataSource]) -> str:
 
     def url(u: str) -> str:
         relative = root and is_local(u) and not u.startswith(("/", "file:", "."))
-        return join(root, u) if relative else u
+        return _absolute(join(root, u) if relative else u)
 
     return json.dumps([{"url": url(s.url), "weight": s.weight} for s in sources])
 

@@ -62,9 +62,20 @@ def _one_line(e: BaseException) -> str:
     return (text.strip().splitlines() or [type(e).__name__])[-1].strip()[:500]
 
 
+def _in_task(spec: RunSpec) -> bool:
+    """Fine-tuning runs of one worker train inside the Ray task's own worker process, which
+    Ray reuses from run to run: a Ray Train job spends ~15 s per run starting its worker
+    group and importing torch and DeepSpeed, more than a small fine-tuning run trains. Ray
+    retries the task when its process dies (max_retries = study.max_failures), and the
+    engine resumes from the run's last checkpoint, as in a restarted Ray Train group.
+    Pretraining runs, and every run of several workers, are Ray Train jobs."""
+    return spec.kind == "finetune" and spec.resources.workers == 1
+
+
 @ray.remote(num_cpus=0, max_retries=0)
 def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> dict:
-    """One run: preflight (bad input fails at once, without retries), then a Ray Train job."""
+    """One run: preflight (bad input fails at once, without retries), then the engine in
+    this process (`_in_task`) or as a Ray Train job."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -74,6 +85,16 @@ def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> d
     r = spec.resources
     try:
         setup.preflight(spec.cfg, spec.kind)
+        if _in_task(spec):
+            import torch.distributed
+
+            if not torch.distributed.is_initialized():
+                # a plain one-rank process: not whatever launcher variables the node's
+                # environment carries (a driver that trained in-process has RANK and a port)
+                for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+                    os.environ.pop(k, None)
+            _train_worker({"cfg": spec.cfg, "kind": spec.kind})
+            return _finish(spec, results, started, timing)
         gpu = r.gpus_per_worker > 0
         per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if gpu else {})}
         trainer = TorchTrainer(
@@ -90,9 +111,14 @@ def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> d
             ),
         )  # fmt: skip
         trainer.fit()
-        record = json.loads(results.storage.read_text(results.record_url(spec.name)))
+        return _finish(spec, results, started, timing)
     except Exception as e:  # noqa: BLE001 - every failure becomes the run's record
         return results.fail(spec, _one_line(e), time.time() - started, timing)
+
+
+def _finish(spec: RunSpec, results: Results, started: float, timing: dict) -> dict:
+    """The engine's record of a finished run, with the study's labels, timing and drift."""
+    record = json.loads(results.storage.read_text(results.record_url(spec.name)))
     if spec.kind == "finetune" and spec.depends and record.get("provenance", {}).get("best"):
         from vlpdist.analysis.drift import drift, summary
 
@@ -184,7 +210,9 @@ def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) ->
             if used[0] + cpu > total[0] or used[1] + gpu > total[1]:
                 continue
             pending.remove(spec)
-            running[_execute.remote(spec, root, cfg.study.max_failures, time.time())] = spec
+            opts = {"num_cpus": cpu, "num_gpus": gpu, "max_retries": cfg.study.max_failures}
+            task = _execute.options(**opts) if _in_task(spec) else _execute
+            running[task.remote(spec, root, cfg.study.max_failures, time.time())] = spec
             used = [used[0] + cpu, used[1] + gpu]
         if time.time() - last_beat > HEARTBEAT_S / 2:
             results.heartbeat([s.name for s in running.values()], {"done": len(done_names)})
