@@ -101,6 +101,13 @@ def test_every_s3_setting_points_at_minio(services):
             assert env["RAY_AUTH_MODE"] == "disabled", name
 
 
+def load_config_sets() -> list[str]:
+    from vlpdist.config import Config, load
+
+    study = load(Config, str(REPO / defaults.STUDY_CONFIG)).study
+    return [src.url for sources in study.pretrain_sets.values() for src in sources]
+
+
 def test_submit_runs_the_demo_study_on_the_head(services):
     submit = services["submit"]
     assert submit["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
@@ -111,6 +118,9 @@ def test_submit_runs_the_demo_study_on_the_head(services):
     assert f"run.output=s3://{defaults.BUCKET}/" in text
     assert f"study.shards=s3://{defaults.BUCKET}/" in text
     assert "vlpdist shards synth configs/synth/demo.yaml" in text
+    # the demo study pretrains on generated captions too: the CCG set is made before it runs
+    ccg = next(s for s in load_config_sets() if s.endswith("ccg_vqa"))
+    assert f"caption.out=s3://{defaults.BUCKET}/demo/shards/{ccg}" in text
     assert (REPO / "configs" / "synth" / "demo.yaml").exists()
 
 
