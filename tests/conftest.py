@@ -96,3 +96,14 @@ def run_cli():
         return proc
 
     return run
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    """The tiny synthetic world's shard sets (read-only), for the engine's tests."""
+    from vlpdist.config import Config, load
+    from vlpdist.shards.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("tiny-world")
+    synthesize(load(Config, str(REPO / "configs/synth/tiny.yaml")), str(out), progress=False)
+    return out / "shards"

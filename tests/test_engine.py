@@ -15,18 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlpdist.config import Config, load
-from vlpdist.shards.synthetic import synthesize
 from vlpdist.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("eworld")
-    synthesize(load(Config, str(REPO / "configs/synth/tiny.yaml")), str(out), progress=False)
-    return out / "shards"
 
 
 def args(world: Path, output: str, steps: int, *extra: str) -> list[str]:

@@ -11,18 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlpdist.config import Config, load
 from vlpdist.models.export import load_pretrained
-from vlpdist.shards.synthetic import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fworld")
-    synthesize(load(Config, str(REPO / "configs/synth/tiny.yaml")), str(out), progress=False)
-    return out / "shards"
 
 
 def pretrain_args(world: Path, output: str, *extra: str) -> list[str]:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 
@@ -44,7 +43,8 @@ def caption_set(cfg: Config, progress: bool = True) -> dict:
     if trained["rank"] != 0:
         return trained
     with tempfile.TemporaryDirectory() as tmp:
-        export = _local_export(storage, trained["export"], tmp)
+        url = trained["export"]
+        export = url if is_local(url) else storage.get_dir(url, tmp)
         from transformers import AutoTokenizer
 
         from vlpdist.models.export import load_pretrained
@@ -72,14 +72,6 @@ def caption_set(cfg: Config, progress: bool = True) -> dict:
         )  # fmt: skip
     return {**trained, "out": c.out, "samples": manifest["num_samples"],
             "report": report.summary(c.name)}  # fmt: skip
-
-
-def _local_export(storage: Storage, url: str, tmp: str) -> str:
-    if is_local(url):
-        return url
-    for file_url in storage.find(url):
-        storage.get_file(file_url, os.path.join(tmp, file_url[len(url.rstrip("/")) + 1 :]))
-    return tmp
 
 
 def _write(writer, model, tok, samples: list[Sample], cfg, decoding: dict) -> None:

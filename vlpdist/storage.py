@@ -393,6 +393,15 @@ class Storage:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
+    def get_dir(self, url: str, local_dir: str, skip: tuple[str, ...] = ()) -> str:
+        """Copy every object under `url` into `local_dir`, keeping relative paths (except
+        those in `skip`); each file streamed and atomic as in `get_file`."""
+        for file_url in self.find(url):
+            rel = file_url[len(url.rstrip("/")) + 1 :]  # find() keeps the url as given
+            if rel not in skip:
+                self.get_file(file_url, os.path.join(local_dir, rel))
+        return local_dir
+
     def rm(self, url: str, recursive: bool = False) -> None:
         fs, path = self.filesystem(url)
         self.call("delete", url, lambda: fs.rm(path, recursive=recursive))

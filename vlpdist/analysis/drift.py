@@ -91,12 +91,12 @@ def distances(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def _local_export(url: str, tmp: str):
+def _local_export(url: str, tmp: str, storage: Storage | None = None):
     """A local directory holding `url`'s config and weights (the tokenizer is not needed)."""
     if is_local(url):
         yield split_protocol(url)[1]
         return
-    storage = Storage()
+    storage = storage or Storage()
     present = set(storage.find(url))
     for name in (CONFIG, WEIGHTS):
         if join(url, name) not in present:
@@ -131,15 +131,15 @@ def _check_same_model(pretrained: str, a: dict, finetuned: str, b: dict) -> None
         )
 
 
-def drift(pretrained: str, finetuned: str) -> list[dict]:
+def drift(pretrained: str, finetuned: str, storage: Storage | None = None) -> list[dict]:
     """One row per (stream, layer, weight) of the attention weight matrices (not biases, as in
     the paper): {"arch", "stream", "layer", "weight", "param", "l1", "angle_deg"}; `param` is
     the parameter's name in the exports. Streams and weight names: see the module docstring.
     `pretrained`/`finetuned` are export directories or storage URLs."""
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="vlpdist-drift-"))
-        dir_a = stack.enter_context(_local_export(pretrained, os.path.join(tmp, "a")))
-        dir_b = stack.enter_context(_local_export(finetuned, os.path.join(tmp, "b")))
+        dir_a = stack.enter_context(_local_export(pretrained, os.path.join(tmp, "a"), storage))
+        dir_b = stack.enter_context(_local_export(finetuned, os.path.join(tmp, "b"), storage))
         ca, cb = read_config(dir_a), read_config(dir_b)
         _check_same_model(pretrained, ca, finetuned, cb)
         fa = stack.enter_context(safe_open(os.path.join(dir_a, WEIGHTS), "pt"))

@@ -122,11 +122,7 @@ def load(engine, dist: Dist, storage: Storage, url: str, universal: bool) -> dic
     tag = UNIVERSAL_TAG if universal else TAG
     if dist.local_rank == 0:
         shutil.rmtree(staging, ignore_errors=True)
-        for file_url in storage.find(url):
-            rel = file_url[len(url.rstrip("/")) + 1 :]  # find() keeps the url as given
-            if rel in (COMMIT, DATA_STATE, CONFIG):
-                continue
-            storage.get_file(file_url, os.path.join(staging, rel))
+        storage.get_dir(url, staging, skip=(COMMIT, DATA_STATE, CONFIG))
         if universal:
             _to_universal(os.path.join(staging, TAG), os.path.join(staging, UNIVERSAL_TAG))
     tdist.barrier()

@@ -50,9 +50,7 @@ def fetch(storage: Storage, dist: Dist, url: str) -> str:
         return url
     local = node_staging(url, "init")
     if dist.local_rank == 0:
-        for file_url in storage.find(url):
-            rel = file_url[len(url.rstrip("/")) + 1 :]
-            storage.get_file(file_url, os.path.join(local, rel))
+        storage.get_dir(url, local)
     tdist.barrier()
     return local
 

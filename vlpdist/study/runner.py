@@ -123,7 +123,8 @@ def _finish(spec: RunSpec, results: Results, started: float, timing: dict) -> di
         from vlpdist.analysis.drift import drift, summary
 
         try:  # how far fine-tuning moved the pretrained weights, layer by layer
-            record["drift"] = summary(drift(spec.cfg.run.init_from, record["provenance"]["best"]))
+            best = record["provenance"]["best"]
+            record["drift"] = summary(drift(spec.cfg.run.init_from, best, results.storage))
         except VlpdistError as e:
             record["drift"] = {"error": str(e)}
     record["study"] = {"labels": spec.labels, "run_s": round(time.time() - started, 2),
