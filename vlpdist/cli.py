@@ -103,10 +103,10 @@ def _train(command: str, args) -> int:
     from vlpdist.engine.setup import preflight
 
     cfg = _config(args)
-    preflight(cfg, command)  # bad input fails here, before the heavy imports
+    pre = preflight(cfg, command)  # bad input fails here, before the heavy imports
     from vlpdist.engine import loop
 
-    result = getattr(loop, command)(cfg)
+    result = getattr(loop, command)(cfg, pre)
     if result["rank"] == 0:  # one summary per job, not one per rank
         keys = ("run", "export", "record", "metric", "steps", "resumed_from", "history")
         print(json.dumps({k: result[k] for k in keys if k in result}))

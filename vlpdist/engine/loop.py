@@ -47,17 +47,19 @@ def data_dims(loader: Loader) -> DataDims:
                     num_classes=m.get("cls_prob_dim"), num_labels=len(s.labels or []) or None)  # fmt: skip
 
 
-def pretrain(cfg: Config) -> dict:
-    return _run(cfg, setup.preflight(cfg, "pretrain"))
+# Each entry takes the preflight's result when its caller already ran it (the CLI does, to
+# fail before the heavy imports); otherwise it runs the checks itself.
+def pretrain(cfg: Config, pre: setup.Preflight | None = None) -> dict:
+    return _run(cfg, pre or setup.preflight(cfg, "pretrain"))
 
 
-def finetune(cfg: Config) -> dict:
-    return _run(cfg, setup.preflight(cfg, "finetune"))
+def finetune(cfg: Config, pre: setup.Preflight | None = None) -> dict:
+    return _run(cfg, pre or setup.preflight(cfg, "finetune"))
 
 
-def caption(cfg: Config) -> dict:
+def caption(cfg: Config, pre: setup.Preflight | None = None) -> dict:
     """Train a captioner (data.task caption); its export writes CCG captions (vlpdist.ccg)."""
-    return _run(cfg, setup.preflight(cfg, "caption"))
+    return _run(cfg, pre or setup.preflight(cfg, "caption"))
 
 
 def _run(cfg: Config, pre: setup.Preflight) -> dict:

@@ -44,7 +44,7 @@ def _train_worker(config: dict) -> None:
     Train sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR and the process group)."""
     from vlpdist.engine import loop
 
-    getattr(loop, config["kind"])(config["cfg"])
+    getattr(loop, config["kind"])(config["cfg"], config.get("pre"))
 
 
 def _one_line(e: BaseException) -> str:
@@ -84,7 +84,7 @@ def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> d
     timing = {"submitted": submitted, "started": started}
     r = spec.resources
     try:
-        setup.preflight(spec.cfg, spec.kind)
+        pre = setup.preflight(spec.cfg, spec.kind)
         if _in_task(spec):
             import torch.distributed
 
@@ -93,7 +93,7 @@ def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> d
                 # environment carries (a driver that trained in-process has RANK and a port)
                 for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
                     os.environ.pop(k, None)
-            _train_worker({"cfg": spec.cfg, "kind": spec.kind})
+            _train_worker({"cfg": spec.cfg, "kind": spec.kind, "pre": pre})
             return _finish(spec, results, started, timing)
         gpu = r.gpus_per_worker > 0
         per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if gpu else {})}
@@ -193,9 +193,9 @@ def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) ->
     last_beat = 0.0
     while pending or running:
         used = [sum(_need(s)[i] for s in running.values()) for i in (0, 1)]
-        # pretraining first (it unlocks fine-tuning), then in grid order; a run that does
-        # not fit now lets smaller ones behind it use the free slots (backfilling)
-        for spec in sorted(pending, key=lambda s: (s.kind != "pretrain", grid.index(s))):
+        # grid order (pretraining first: it unlocks fine-tuning); a run that does not fit
+        # now lets smaller ones behind it use the free slots (backfilling)
+        for spec in list(pending):
             if spec.depends and spec.depends not in records:
                 continue  # its export does not exist yet
             dep = records[spec.depends] if spec.depends else {"status": "done"}
