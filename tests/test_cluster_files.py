@@ -157,6 +157,9 @@ def test_dockerfile_installs_torch_then_deepspeed_then_the_project():
     torch, deepspeed = first(r"pip install \"\$TORCH\""), first(r"pip install .*\$DEEPSPEED")
     project = first(r"pip install -c constraints\.txt \.$")
     assert torch < deepspeed < project
+    # the installed package is checked from outside the source tree, after the install
+    check = first(r"cd / && python -c \"import vlpdist\.study\.runner")
+    assert project < check
     assert ("WORKDIR", "/app") in instr
     assert not any(op == "ENV" and "SECRET" in arg for op, arg in instr)
 
