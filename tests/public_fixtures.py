@@ -164,6 +164,26 @@ def vqa_answers(answers: list[str]) -> list[dict]:
     ]
 
 
+def snli_ve_line(image: str, n: int, premise: str, hypothesis: str, label: str) -> str:
+    """One line of snli_ve_<split>.jsonl as the original snli_ve_generator.py (linked from the
+    SNLI-VE README) writes it: the SNLI 1.0 record, plus "Flikr30kID" (sic) = the image file
+    name with its '.jpg', every key sorted. `n` picks the caption (#n) and the pair suffix."""
+    rec = {
+        "annotator_labels": [label] * 5,
+        "captionID": f"{image}.jpg#{n}",
+        "gold_label": label,
+        "pairID": f"{image}.jpg#{n}r1{label[0]}",
+        "sentence1": premise,
+        "sentence1_binary_parse": "( " + " ".join(premise.rstrip(".").split()) + " )",
+        "sentence1_parse": "(ROOT (S " + premise + "))",
+        "sentence2": hypothesis,
+        "sentence2_binary_parse": "( " + " ".join(hypothesis.rstrip(".").split()) + " )",
+        "sentence2_parse": "(ROOT (S " + hypothesis + "))",
+        "Flikr30kID": f"{image}.jpg",
+    }
+    return json.dumps(dict(sorted(rec.items())))
+
+
 RECIPES = Path(__file__).resolve().parents[1] / "shards"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import tarfile
@@ -18,6 +19,7 @@ from public_fixtures import (
     read_set,
     recipe,
     skips,
+    snli_ve_line,
     vqa_answers,
     write_json,
     write_lines,
@@ -28,7 +30,7 @@ from public_fixtures import (
 )
 
 from vlpdist.config import Recipe, load
-from vlpdist.errors import ShardError, SourceError
+from vlpdist.errors import ConfigError, ShardError, SourceError
 from vlpdist.shards import schema
 from vlpdist.shards.build import build
 from vlpdist.shards.features.unpickle import UnsafePickle, load_npy_object, loads
@@ -184,6 +186,119 @@ def test_vqa2_from_npy_features(tmp_path, minilm_dir, tok, name):
     ) in skips(m)
 
 
+def vqa_test_root(tmp_path: Path) -> None:
+    """The test2015 release: v2_Questions_Test_mscoco.zip holds the test2015 and test-dev2015
+    question files (no annotations exist publicly); test2015_36.zip the BUTD features."""
+    questions = {
+        "test2015": [
+            {"image_id": 1, "question": "What is on the table?", "question_id": 1000},
+            {"image_id": 1, "question": "Is it sunny?", "question_id": 1001},
+            {"image_id": 262144, "question": "How many people?", "question_id": 262144000},
+        ],
+        "test-dev2015": [{"image_id": 1, "question": "Is it sunny?", "question_id": 1001}],
+    }
+    for subtype, qs in questions.items():
+        write_json(
+            tmp_path / f"v2_OpenEnded_mscoco_{subtype}_questions.json",
+            {
+                "info": {"description": "VQA v2", "year": 2017, "version": "2.0"},
+                "license": {"name": "Creative Commons Attribution 4.0 International License"},
+                "task_type": "Open-Ended",
+                "data_type": "mscoco",
+                "data_subtype": subtype,
+                "questions": qs,
+            },
+        )
+    write_tsv(
+        tmp_path / "features/test2015_resnet101_faster_rcnn_genome_36.tsv",
+        {"1": make_img(1), "262144": make_img(2)},
+    )
+
+
+def test_vqa2_test2015_and_test_dev_from_the_shipped_recipe(tmp_path, minilm_dir, tok):
+    vqa_test_root(tmp_path)
+    m = build(recipe("vqa2_test", tmp_path, minilm_dir), str(tmp_path / "test"))
+    _, samples = read_set(tmp_path / "test")
+    assert sorted(samples) == ["1", "262144"] and skips(m) == []
+    assert m["recipe"]["inputs"]["annotations"] is None  # recorded as left out
+    q = {t["question_id"]: t for s in samples.values() for t in s.texts}
+    assert sorted(q) == [1000, 1001, 262144000]
+    assert q[1001]["text"] == "Is it sunny?" and q[1001]["ids"] == tok("Is it sunny?")
+    assert all(t["answers"] == [] and "multiple_choice_answer" not in t for t in q.values())
+    assert samples["1"].meta["split"] == "test2015"
+    over = ["split=test-dev2015", "dataset=vqa2_testdev"]
+    m = build(recipe("vqa2_test", tmp_path, minilm_dir, *over), str(tmp_path / "dev"))
+    _, samples = read_set(tmp_path / "dev")
+    assert list(samples) == ["1"] and [t["question_id"] for t in samples["1"].texts] == [1001]
+    assert m["dataset"] == "vqa2_testdev"
+
+
+def test_vqa2_annotations_null_leaves_them_out(tmp_path, minilm_dir):
+    vqa_root(tmp_path)
+    over = ["inputs.features={root}/features", "options.features_format=npy"]
+    m = build(
+        recipe("vqa2", tmp_path, minilm_dir, *over, "inputs.annotations=null"),
+        str(tmp_path / "out"),
+    )
+    _, samples = read_set(tmp_path / "out")
+    texts = [t for s in samples.values() for t in s.texts]
+    assert sorted(t["question_id"] for t in texts) == [10, 11, 20, 22]  # no answers needed
+    assert all(t["answers"] == [] for t in texts)
+    assert skips(m) == [
+        (
+            "21",
+            "malformed question record",
+            "v2_OpenEnded_mscoco_train2014_questions.json:questions[3]",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, override, error, message",
+    [
+        ("vqa2", "inputs.annotations=", ConfigError, "inputs.annotations: empty path"),
+        ("vqa2", "inputs.annotations=' '", ConfigError, "inputs.annotations: empty path"),
+        ("vqa2", "inputs.questions=null", SourceError, "inputs.questions: source 'vqa2' needs"),
+        ("vqa2", "inputs.features=null", SourceError, "inputs.features: source 'vqa2' needs"),
+        (
+            "vqa2_pretrain",
+            "inputs.annotations=null",
+            SourceError,
+            "inputs.annotations: source 'vqa2_pretrain' needs",
+        ),
+    ],
+)
+def test_null_and_empty_inputs_are_one_line_errors(
+    tmp_path, minilm_dir, name, override, error, message
+):
+    vqa_root(tmp_path)
+    with pytest.raises(error) as e:
+        build(recipe(name, tmp_path, minilm_dir, override), str(tmp_path / "out"))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_vqa2_test_split_and_input_mistakes(tmp_path, minilm_dir, run_cli):
+    vqa_test_root(tmp_path)
+    base = [f"root={tmp_path}", f"shards.tokenizer={minilm_dir}", "shards.progress=false"]
+    vqa2 = ["shards", "build", str(RECIPES / "vqa2.yaml"), "--out", str(tmp_path / "bad"), *base]
+    # every other input names an existing file: only the one under test is wrong
+    vqa2 += ["inputs.questions={root}/v2_OpenEnded_mscoco_test2015_questions.json"]
+    vqa2 += ["inputs.features={root}/features/test2015_resnet101_faster_rcnn_genome_36.tsv"]
+    for override, key in [
+        ("inputs.annotations=", "inputs.annotations: empty path"),
+        ("inputs.questions=null", "inputs.questions: source 'vqa2' needs this input"),
+    ]:
+        out = run_cli(*vqa2, override)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("vlpdist: error: ") and key in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    # the README's way to the test split: the shipped recipe, nothing else to change
+    args = ["shards", "build", str(RECIPES / "vqa2_test.yaml"), "--out", str(tmp_path / "t")]
+    done = run_cli(*args, *base, check=True)
+    assert "build report for vqa2_test: read 3, wrote 2 samples" in done.stderr
+
+
 def cc_root(tmp_path: Path, rows: int = 12) -> None:
     lines = [f"caption number {r}\thttp://example.com/{r}.jpg" for r in range(rows)]
     lines[2] = "a row without its url"
@@ -335,6 +450,36 @@ def test_snli_ve_bad_rows(tmp_path, minilm_dir, tok):
     assert m["build_report"]["read"] == 4
 
 
+def test_snli_ve_original_release_files(tmp_path, minilm_dir, tok):
+    """The files linked from the SNLI-VE README name the image "Flikr30kID" (sic) with its
+    '.jpg'; features are keyed by the numeric Flickr30K id, as the later generator's
+    "Flickr30K_ID" is, so both formats give the same image ids and sample keys."""
+    ids = ["2248275918", "3416050480"]
+    write_tsv(tmp_path / "features/f.tsv", {i: make_img(int(i) % 97) for i in ids})
+    premise = "Two young children in blue jerseys are in a bathroom."
+    write_lines(
+        tmp_path / "snli_ve_train.jsonl",
+        [
+            snli_ve_line(ids[0], 0, premise, "Two kids are washing their hands.", "entailment"),
+            snli_ve_line(ids[0], 0, premise, "Two kids at a ballgame.", "contradiction"),
+            snli_ve_line(ids[1], 2, "A dog runs on grass.", "The dog is old.", "neutral"),
+        ],
+    )
+    r = recipe("snli_ve", tmp_path, minilm_dir, "inputs.features={root}/features/*.tsv")
+    m = build(r, str(tmp_path / "out"))
+    _, samples = read_set(tmp_path / "out")
+    assert list(samples) == ids and skips(m) == [] and m["build_report"]["read"] == 3
+    s = samples[ids[0]]
+    assert s.meta["image_id"] == ids[0]  # the numeric id, without the file's '.jpg'
+    assert [(t["pair_id"], t["label"]) for t in s.texts] == [
+        (f"{ids[0]}.jpg#0r1e", "entailment"),
+        (f"{ids[0]}.jpg#0r1c", "contradiction"),
+    ]
+    assert s.texts[1]["text"] == "Two kids at a ballgame."
+    assert s.texts[1]["ids"] == tok("Two kids at a ballgame.")
+    assert samples[ids[1]].texts[0]["label"] == "neutral"
+
+
 def test_tsv_named_fields(tmp_path, minilm_dir):
     """A TSV layout named by options.tsv_fields (here with cls_prob); unknown layouts stop."""
     im = make_img(3, n=4, classes=6)
@@ -374,6 +519,42 @@ def test_mmimdb(tmp_path, minilm_dir, tok):
         "First plot.",
         "Second.",
     ]
+
+
+def test_mmimdb_long_plot_is_truncated_without_the_tokenizer_warning(
+    tmp_path, minilm_dir, tok, caplog, capfd
+):
+    """A plot longer than the tokenizer's model_max_length (512): its ids are cut to
+    shards.max_text_tokens and counted, and transformers' "Token indices sequence length is
+    longer than ... indexing errors" warning, false here, is not emitted."""
+    long_plot = " ".join(f"scene {i} of a long story." for i in range(200))
+    expected = tok(long_plot)  # the test's own tokenizer may warn here: not the build's
+    assert len(expected) > 512
+    write_json(tmp_path / "split.json", {"train": ["0000001", "0000002"]})
+    write_json(tmp_path / "dataset/0000001.json", {"plot": [long_plot], "genres": ["Drama"]})
+    write_json(tmp_path / "dataset/0000002.json", {"plot": ["Short."], "genres": ["Comedy"]})
+    write_npy(tmp_path / "features", {i: make_img(int(i)) for i in ("0000001", "0000002")})
+    # transformers' loggers need not propagate to the root logger caplog listens on
+    tok_logger = logging.getLogger("transformers.tokenization_utils_base")
+    tok_logger.addHandler(caplog.handler)
+    capfd.readouterr()
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="transformers.tokenization_utils_base"):
+            m = build(recipe("mmimdb", tmp_path, minilm_dir), str(tmp_path / "out"))
+    finally:
+        tok_logger.removeHandler(caplog.handler)
+    captured = capfd.readouterr()
+    for text in (caplog.text, captured.out, captured.err):
+        assert "Token indices sequence length" not in text
+        assert "indexing errors" not in text
+    samples = read_set(tmp_path / "out")[1]
+    (t,) = samples["0000001"].texts
+    assert t["text"] == long_plot  # the text itself is kept whole
+    assert t["ids"] == expected[:256]  # shards.max_text_tokens of mmimdb.yaml
+    assert samples["0000002"].texts[0]["ids"] == tok("Short.")
+    assert m["build_report"]["truncated_texts"] == 1
+    assert m["tokenizer"]["max_tokens"] == 256
 
 
 def test_build_to_s3_reads_back(tmp_path, minilm_dir, s3):

@@ -36,8 +36,10 @@ class Recipe:
     """Directory of the public files; '{root}' in inputs expands to it."""
     split: str = "train"
     """Split to build; '{split}' in inputs expands to it."""
-    inputs: dict[str, str] = field(default_factory=dict)
-    """The public files the source reads, by role (see shards/README.md)."""
+    inputs: dict[str, str | None] = field(default_factory=dict)
+    """The public files the source reads, by role (see shards/README.md). null leaves an
+    input out, as not naming it does (`inputs.annotations=null` on the command line drops
+    the recipe's file); only an optional input may be left out."""
     options: dict[str, object] = field(default_factory=dict)
     """Source-specific options (subset fraction, seed, ...); unknown ones are errors."""
     shards: ShardsConfig = field(default_factory=ShardsConfig)
@@ -48,3 +50,7 @@ class Recipe:
     def __post_init__(self):
         if not self.source:
             raise Invalid("source", "a recipe must name its source")
+        for role, path in self.inputs.items():
+            # an empty path would name the working directory and fail far from its key
+            if path is not None and not path.strip():
+                raise Invalid(f"inputs.{role}", "empty path (null leaves an optional input out)")

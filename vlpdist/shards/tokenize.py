@@ -49,7 +49,14 @@ class TextEncoder:
         return cls(tok, os.path.basename(os.path.normpath(name_or_path)), max_tokens)
 
     def __call__(self, text: str) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        # Asking for one id more than we keep tells whether the text was longer (counted
+        # below), and an explicit max_length keeps transformers from warning that ids past
+        # the model's maximum "will result in indexing errors": we never store those.
+        # Truncation happens after the whole text is tokenized, so the ids are a prefix of
+        # the untruncated ones.
+        ids = self.tok(
+            text, add_special_tokens=False, truncation=True, max_length=self.max_tokens + 1
+        )["input_ids"]
         if len(ids) > self.max_tokens:
             self.truncated += 1
             ids = ids[: self.max_tokens]

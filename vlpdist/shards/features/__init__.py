@@ -79,7 +79,8 @@ class FeatureStore:
         if self._by_int is None:
             self._by_int = {}
             for k in self._keys:
-                m = _TRAILING_INT.search(k)
+                # keys kept with their file name ('2248275918.jpg') match by the stem
+                m = _TRAILING_INT.search(os.path.splitext(k)[0])
                 if m:
                     n = int(m.group(1))
                     # two keys ending in the same number (train2014 vs val2014 copies):

@@ -82,8 +82,9 @@ class Context:
 
 
 def resolve(recipe: Recipe, sdef: SourceDef) -> tuple[dict[str, str], dict[str, object]]:
-    """The recipe's inputs with '{root}'/'{split}' expanded, and its options merged over the
-    defaults. Unknown roles/keys, missing inputs and wrong types are one-line errors."""
+    """The recipe's inputs with '{root}'/'{split}' expanded (inputs set to null are left
+    out), and its options merged over the defaults. Unknown roles/keys, missing inputs and
+    wrong types are one-line errors."""
     src = recipe.source
     roles = {**sdef.inputs, **COMMON_INPUTS}
     specs = {**COMMON_OPTIONS, **sdef.options}
@@ -99,9 +100,12 @@ def resolve(recipe: Recipe, sdef: SourceDef) -> tuple[dict[str, str], dict[str, 
             )
     inputs = {}
     for role, what in roles.items():
-        if role not in recipe.inputs:
+        if recipe.inputs.get(role) is None:
             if role not in sdef.optional:
-                raise SourceError(f"inputs.{role}: source '{src}' needs this input ({what})")
+                left_out = ", it cannot be null" if role in recipe.inputs else ""
+                raise SourceError(
+                    f"inputs.{role}: source '{src}' needs this input ({what}){left_out}"
+                )
             continue
         inputs[role] = _expand(recipe, role, recipe.inputs[role])
     options = {}

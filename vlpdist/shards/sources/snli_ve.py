@@ -1,6 +1,12 @@
 """SNLI-VE: `snli_ve_<split>.jsonl` (necla-ml/SNLI-VE), one premise image / hypothesis pair
-per line: {"Flickr30K_ID", "sentence1" (a caption), "sentence2" (the hypothesis),
-"gold_label", "pairID", ...}; the images are Flickr30K's, keyed by their numeric id.
+per line: an SNLI 1.0 record {"sentence1" (a caption), "sentence2" (the hypothesis),
+"gold_label", "pairID", "captionID", "annotator_labels", parses} plus the image's id.
+
+The image id has two spellings. The files linked from the SNLI-VE README (the original
+`snli_ve_generator.py`, which MMF and UNITER read) write "Flikr30kID" (sic) with the file
+name, "2248275918.jpg"; the later `vet/tools/snli_ve_generator.py` writes "Flickr30K_ID",
+"2248275918". Both are read, and the '.jpg' is dropped, so both give the numeric Flickr30K
+id that features are keyed by, and the same image ids and sample keys.
 """
 
 from __future__ import annotations
@@ -20,6 +26,16 @@ from vlpdist.shards.sources.common import (
 )
 
 
+def _image_id(rec: dict):
+    """The numeric Flickr30K id of either generator's record, or None."""
+    image_id = id_field(rec, "Flickr30K_ID")
+    if image_id is None:
+        image_id = id_field(rec, "Flikr30kID")
+    if isinstance(image_id, str) and image_id.endswith(".jpg"):
+        image_id = image_id.removesuffix(".jpg") or None
+    return image_id
+
+
 def samples(ctx: Context) -> Iterator:
     file = name(ctx, "annotations")
     by_image: dict = {}
@@ -32,10 +48,14 @@ def samples(ctx: Context) -> Iterator:
         except json.JSONDecodeError:
             ctx.skip(f"line {no}", "malformed JSON line", where)
             continue
-        image_id, pair_id = id_field(rec, "Flickr30K_ID"), id_field(rec, "pairID")
+        image_id, pair_id = _image_id(rec), id_field(rec, "pairID")
         hypothesis, label = str_field(rec, "sentence2"), str_field(rec, "gold_label")
         if image_id is None or pair_id is None or hypothesis is None:
-            ctx.skip(pair_id or f"line {no}", "missing Flickr30K_ID, pairID or sentence2", where)
+            ctx.skip(
+                pair_id or f"line {no}",
+                "missing Flickr30K_ID (or Flikr30kID), pairID or sentence2",
+                where,
+            )
             continue
         if label not in SNLI_LABELS:
             ctx.skip(pair_id, f"bad label {label!r}", where)

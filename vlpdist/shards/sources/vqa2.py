@@ -1,16 +1,18 @@
 """VQA v2: the official questions and annotations JSON files.
 
-questions   v2_OpenEnded_mscoco_<split>2014_questions.json:
-            {"questions": [{"image_id", "question", "question_id"}, ...]}
-annotations v2_mscoco_<split>2014_annotations.json:
+questions   v2_OpenEnded_mscoco_<subtype>_questions.json (subtype train2014, val2014,
+            test2015, test-dev2015):
+            {"questions": [{"image_id", "question", "question_id"}, ...], "info", ...}
+annotations v2_mscoco_<subtype>_annotations.json (train2014, val2014 only):
             {"annotations": [{"question_id", "image_id", "answers": [{"answer",
             "answer_confidence", "answer_id"}] x 10, "multiple_choice_answer",
             "answer_type", "question_type"}, ...]}
 
 Two sources read them: `vqa2` (downstream: all 10 answers, multiple_choice_answer,
-answer_type; the annotations may be left out for the test split) and `vqa2_pretrain`
-(VQA-P as MMF's masked_vqa2: the question with its answers as text, so every answer also
-gets token ids in `answer_ids`).
+answer_type; the annotations may be left out, as for the test splits, whose answers are not
+public: every question then has `answers: []`) and `vqa2_pretrain` (VQA-P as MMF's
+masked_vqa2: the question with its answers as text, so every answer also gets token ids in
+`answer_ids`).
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ def pretrain_samples(ctx: Context) -> Iterator:
 
 
 _INPUTS = {
-    "questions": "v2_OpenEnded_mscoco_<split>2014_questions.json",
-    "annotations": "v2_mscoco_<split>2014_annotations.json",
+    "questions": "v2_OpenEnded_mscoco_<subtype>_questions.json",
+    "annotations": "v2_mscoco_<subtype>_annotations.json",
 }
 SOURCE = SourceDef(samples, inputs=_INPUTS, optional=("annotations",))
 PRETRAIN_SOURCE = SourceDef(pretrain_samples, inputs=_INPUTS)
