@@ -105,5 +105,6 @@ def world(tmp_path_factory) -> Path:
     from vlpdist.shards.synthetic import synthesize
 
     out = tmp_path_factory.mktemp("tiny-world")
-    synthesize(load(Config, str(REPO / "configs/synth/tiny.yaml")), str(out), progress=False)
+    cfg = load(Config, str(REPO / "configs/synth/tiny.yaml"), command="synth")
+    synthesize(cfg, str(out), progress=False)
     return out / "shards"

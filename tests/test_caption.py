@@ -81,7 +81,8 @@ def test_beam_search_finds_what_greedy_misses():
 
 
 def test_shards_caption_writes_a_ccg_set_with_its_provenance(tmp_path, run_cli):
-    synthesize(load(Config, str(REPO / "configs/synth/tiny.yaml")), str(tmp_path), progress=False)
+    cfg = load(Config, str(REPO / "configs/synth/tiny.yaml"), command="synth")
+    synthesize(cfg, str(tmp_path), progress=False)
     w = tmp_path / "shards"
     out = run_cli("shards", "caption", str(REPO / "configs/caption/tiny.yaml"),
                   f"data.sources=[{{url: {w / 'coco_like'}}}]", f"caption.images={w / 'vqa_val'}",

@@ -104,7 +104,7 @@ def test_every_s3_setting_points_at_minio(services):
 def load_config_sets() -> list[str]:
     from vlpdist.config import Config, load
 
-    study = load(Config, str(REPO / defaults.STUDY_CONFIG)).study
+    study = load(Config, str(REPO / defaults.STUDY_CONFIG), command="study").study
     return [src.url for sources in study.pretrain_sets.values() for src in sources]
 
 

@@ -25,7 +25,8 @@ ARCHS = ["visual_bert", "vilbert"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mworld")
-    synthesize(load(Config, str(REPO / "configs/synth/tiny.yaml")), str(out), progress=False)
+    cfg = load(Config, str(REPO / "configs/synth/tiny.yaml"), command="synth")
+    synthesize(cfg, str(out), progress=False)
     return out / "shards"
 
 

@@ -27,9 +27,7 @@ def _source_modules() -> set[str]:
 
 
 def test_every_directory_with_python_files_is_a_found_package():
-    dirs = {
-        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "vlpdist").rglob("*.py")
-    }
+    dirs = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "vlpdist").rglob("*.py")}
     found = set(find_packages(str(REPO), include=["vlpdist", "vlpdist.*"]))
     assert dirs - found == set(), "directories without __init__.py are left out of the wheel"
 

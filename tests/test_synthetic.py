@@ -32,7 +32,7 @@ TINY = str(REPO / "configs" / "synth" / "tiny.yaml")
 
 
 def build(out: Path | str, *overrides: str) -> tuple[dict, str]:
-    cfg = load(Config, TINY, list(overrides))
+    cfg = load(Config, TINY, list(overrides), command="synth")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         manifests = synthesize(cfg, str(out), progress=False)
@@ -127,14 +127,14 @@ def truth_of(text: str, obj: dict) -> str | None:
 
 @pytest.mark.parametrize("path", SYNTH_CONFIGS, ids=lambda p: p.name)
 def test_shipped_synth_configs_load(path):
-    cfg = load(Config, str(path))
+    cfg = load(Config, str(path), command="synth")
     assert cfg.synth.latent_dim <= cfg.synth.feature_dim
 
 
 def test_shipped_configs_are_what_they_claim():
     names = {p.name for p in SYNTH_CONFIGS}
     assert {"default.yaml", "demo.yaml", "tiny.yaml"} <= names
-    default = load(Config, str(REPO / "configs/synth/default.yaml")).synth
+    default = load(Config, str(REPO / "configs/synth/default.yaml"), command="synth").synth
     builtin = SynthConfig()
     # default.yaml spells out the built-in world: the two must not drift apart
     assert {n: s.size for n, s in DATASETS.items()} == default.sizes
@@ -142,9 +142,9 @@ def test_shipped_configs_are_what_they_claim():
         assert resolve_domain(name, default.domains[name]) == resolve_domain(name, None)
     for f in ("seed", "feature_dim", "latent_dim", "num_classes", "regions", "answer_agreement"):
         assert getattr(default, f) == getattr(builtin, f), f
-    demo = load(Config, str(REPO / "configs/synth/demo.yaml")).synth
+    demo = load(Config, str(REPO / "configs/synth/demo.yaml"), command="synth").synth
     assert demo.feature_dim == 2048 and all(demo.sizes[n] > 0 for n in DATASETS)
-    assert load(Config, TINY).synth.feature_dim <= 64
+    assert load(Config, TINY, command="synth").synth.feature_dim <= 64
 
 
 @pytest.mark.parametrize(
@@ -159,11 +159,11 @@ def test_shipped_configs_are_what_they_claim():
 )
 def test_bad_synth_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
-        load(Config, TINY, [override])
+        load(Config, TINY, [override], command="synth")
 
 
 def test_domain_override_keeps_other_builtin_values():
-    cfg = load(Config, None, ["synth.domains.web.noise=1.5"]).synth
+    cfg = load(Config, None, ["synth.domains.web.noise=1.5"], command="synth").synth
     web = resolve_domain("web", cfg.domains.get("web"))
     assert web["noise"] == 1.5 and web["shift"] == resolve_domain("web", None)["shift"]
 
@@ -230,7 +230,7 @@ def test_every_world_word_is_one_known_token(world):
 
 def test_caption_words_are_grounded_in_regions(world):
     root, _, _ = world
-    w = World(load(Config, TINY).synth)
+    w = World(load(Config, TINY, command="synth").synth)
     names = [row[1] for row in w.class_table]
     # a class's look in feature space, as far as a probe that knows the world can tell
     protos = np.maximum(w.protos.astype(np.float32) @ w.embed, 0)
@@ -343,7 +343,7 @@ def test_definite_references_name_one_object(world):
 def test_look_alike_objects_are_named_apart_or_not_asked():
     """Hand-made scenes: two pizzas that differ only in colour (the demo's coco_000001),
     two that differ in size too, and twins alike in every word."""
-    cfg = load(Config, TINY).synth
+    cfg = load(Config, TINY, command="synth").synth
     w = World(cfg)
     card = world_card(w, {}, 0)
     pizza = next(c for c, row in enumerate(w.class_table) if row[1] == "pizza")
@@ -378,7 +378,7 @@ def test_look_alike_objects_are_named_apart_or_not_asked():
 def test_texts_of_an_image_are_distinct(world):
     """No caption, question or claim twice on one image (COCO's five captions are five)."""
     root, _, _ = world
-    cfg = load(Config, TINY).synth
+    cfg = load(Config, TINY, command="synth").synth
     for name in DATASETS:
         for s in read_samples(root / "shards" / name):
             texts = [t["text"] for t in s["meta"]["texts"]]

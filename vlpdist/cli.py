@@ -14,25 +14,34 @@ import sys
 from vlpdist.errors import VlpdistError
 
 
-def _config(args) -> object:
+def _config(args, command: str) -> object:
     from vlpdist.config import Config, load
 
-    return load(Config, args.config, args.overrides)
+    return load(Config, args.config, args.overrides, command=command)
 
 
 def _storage(args):
-    from vlpdist.config import Config, load
+    from vlpdist.config import Config, command_of, load
     from vlpdist.storage import Storage
 
-    cfg = load(Config, args.config, args.overrides) if args.config else None
+    # any config file may lend its storage section; it is checked as what it is
+    read = command_of(args.config) if args.config else None
+    cfg = load(Config, args.config, args.overrides, command=read) if args.config else None
     return Storage(cfg.storage if cfg else None)
 
 
 def cmd_config_show(args) -> int:
-    from vlpdist.config import Config, Recipe, dump_yaml, load
+    from vlpdist.config import Config, Recipe, command_of, dump_yaml, load
 
-    cfg = load(Recipe if args.recipe else Config, args.config, args.overrides)
-    sys.stdout.write(dump_yaml(cfg, redact=True))
+    if args.recipe:
+        if args.command_of_config:
+            raise VlpdistError("vlpdist config show: --recipe and --command do not go together")
+        sys.stdout.write(dump_yaml(load(Recipe, args.config, args.overrides), redact=True))
+        return 0
+    command = args.command_of_config or command_of(args.config)
+    cfg = load(Config, args.config, args.overrides, command=command)
+    sys.stdout.write(f"# read by the {command} command\n")
+    sys.stdout.write(dump_yaml(cfg, redact=True, command=command))
     return 0
 
 
@@ -51,7 +60,7 @@ def cmd_shards_build(args) -> int:
 def cmd_shards_synth(args) -> int:
     from vlpdist.shards.synthetic import synthesize
 
-    manifests = synthesize(_config(args), args.out, overwrite=args.overwrite)
+    manifests = synthesize(_config(args, "synth"), args.out, overwrite=args.overwrite)
     for name, m in manifests.items():
         print(f"{name}: {m['num_samples']} samples, {len(m['shards'])} shards")
     print(f"SYNTHETIC world written to {args.out}")
@@ -61,7 +70,7 @@ def cmd_shards_synth(args) -> int:
 def cmd_shards_caption(args) -> int:
     from vlpdist.ccg import caption_set
 
-    result = caption_set(_config(args))
+    result = caption_set(_config(args, "caption"))
     if result["rank"] == 0:
         print(result["report"], file=sys.stderr)
         keys = ("run", "export", "out", "samples", "metric", "steps", "resumed_from")
@@ -102,7 +111,7 @@ OVERRIDES = "trailing key=value arguments override the config, e.g. optim.lr=1e-
 def _train(command: str, args) -> int:
     from vlpdist.engine.setup import preflight
 
-    cfg = _config(args)
+    cfg = _config(args, command)
     pre = preflight(cfg, command)  # bad input fails here, before the heavy imports
     from vlpdist.engine import loop
 
@@ -132,14 +141,15 @@ def cmd_study(args) -> int:
             raise VlpdistError("vlpdist study status CONFIG: name the study's config file")
         from vlpdist.study.runner import status
 
-        print(status(load(Config, args.config, args.overrides)))
+        print(status(load(Config, args.config, args.overrides, command="study")))
         return 0
     if args.config:
         raise VlpdistError(f"vlpdist study: unexpected {args.config!r} after the config file")
     from vlpdist.study.results import table
     from vlpdist.study.runner import run_study
 
-    result = run_study(load(Config, args.first, args.overrides), retry_failed=args.retry_failed)
+    cfg = load(Config, args.first, args.overrides, command="study")
+    result = run_study(cfg, retry_failed=args.retry_failed)
     print(table(result.pop("rows")))
     print(json.dumps(result))
     return 0
@@ -198,8 +208,21 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     cfg = sub.add_parser("config", help="configs").add_subparsers(dest="sub", required=True)
-    p = cfg.add_parser("show", help="print the resolved config, secrets redacted")
+    from vlpdist.config import COMMANDS  # light: yaml and dataclasses
+
+    p = cfg.add_parser(
+        "show", help="print the resolved config as its command reads it, secrets redacted"
+    )
     p.add_argument("--recipe", action="store_true", help="the file is a shard build recipe")
+    p.add_argument(
+        "--command",
+        dest="command_of_config",
+        choices=tuple(COMMANDS),
+        help="the command that reads the file (synth: `shards synth`, caption: `shards "
+        "caption`); a key it does not read is an error. Default: from the sections the file "
+        "sets (with its includes): study, else synth, else caption, else eval (finetune), "
+        "else pretrain",
+    )
     _add_config_args(p)
     p.set_defaults(fn=cmd_config_show)
 

@@ -31,7 +31,7 @@ def run_demo(out: str, overrides: list[str] | tuple[str, ...] = ()) -> int:
 
     if not DEMO_CONFIG.exists():
         raise VlpdistError(f"{DEMO_CONFIG}: demo config not found (run from a vlpdist checkout)")
-    cfg = load(Config, str(DEMO_CONFIG), overrides)
+    cfg = load(Config, str(DEMO_CONFIG), overrides, command="synth")
     print(f"vlpdist demo: building the SYNTHETIC world (seed {cfg.synth.seed}) under {out}")
     t0 = time.time()
     manifests = synthesize(cfg, out, overwrite=True)
@@ -63,7 +63,7 @@ def run_demo(out: str, overrides: list[str] | tuple[str, ...] = ()) -> int:
             f"data.sources=[{{url: {join(shards, 'coco_like')}}}]",
             f"caption.images={join(shards, 'vqa_train')}", f"caption.out={ccg}",
             f"run.output={join(out, 'runs')}", "caption.overwrite=true",
-        ])  # fmt: skip
+        ], command="caption")  # fmt: skip
         result = caption_set(cap, progress=False)
         print(f"  {result['samples']} images captioned in {time.time() - t0:.0f}s since start")
     return run_study_demo(out, storage, t0)
@@ -77,7 +77,7 @@ def run_study_demo(out: str, storage: Storage, t0: float) -> int:
         f"study.shards={join(out, 'shards')}", f"run.output={join(out, 'studies')}",
         f"study.pretrain_config={CONFIGS / 'pretrain' / 'tiny.yaml'}",
         f"study.finetune_config={CONFIGS / 'finetune' / 'tiny.yaml'}",
-    ])  # fmt: skip
+    ], command="study")  # fmt: skip
     print("\nstudy: 2 architectures x (4 pretraining sets + scratch) -> VQA-like task at 10%, "
           "full and frozen, 3 seeds, on a local Ray (DeepSpeed on CPU)")  # fmt: skip
     summary = run_study(study_cfg)

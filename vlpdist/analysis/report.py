@@ -381,7 +381,7 @@ def _resolve(study: str, overrides) -> tuple[str, Storage]:
     from vlpdist.config import Config, load
 
     if study.endswith((".yaml", ".yml")):
-        cfg = load(Config, study, list(overrides))
+        cfg = load(Config, study, list(overrides), command="study")
         # the study's own layout (vlpdist.study.grid.study_root), without importing study
         return join(cfg.run.output, cfg.study.name), Storage(cfg.storage)
     bad = [o for o in overrides if not o.startswith("storage.")]
@@ -390,7 +390,7 @@ def _resolve(study: str, overrides) -> tuple[str, Storage]:
             f"vlpdist report {study}: with a study root URL only storage.* overrides apply, "
             f"not {bad[0]!r} (pass the study's config file instead)"
         )
-    return study.rstrip("/"), Storage(load(Config, None, list(overrides)).storage)
+    return study.rstrip("/"), Storage(load(Config, None, list(overrides), command="study").storage)
 
 
 def report(study: str, out: str | None = None, overrides=()) -> dict:

@@ -32,14 +32,15 @@ def run(seeds: int = 2, progress: bool = False) -> dict:
     from vlpdist.study.runner import run_study
 
     with tempfile.TemporaryDirectory() as tmp:
-        synthesize(load(Config, str(REPO / "configs/synth/tiny.yaml")), tmp, progress=False)
+        synthesize(load(Config, str(REPO / "configs/synth/tiny.yaml"), command="synth"), tmp,
+                   progress=False)  # fmt: skip
         cfg = load(Config, str(REPO / "configs/study/tiny.yaml"), [
             f"study.shards={tmp}/shards", f"run.output={tmp}/out", "study.name=bench",
             "study.pretrain_sets={coco: [{url: coco_like}], cc: [{url: cc_like}]}",
             f"study.seeds={list(range(seeds))}",
             f"study.pretrain_config={REPO / 'configs/pretrain/tiny.yaml'}",
             f"study.finetune_config={REPO / 'configs/finetune/tiny.yaml'}",
-        ])  # fmt: skip
+        ], command="study")  # fmt: skip
         out = run_study(cfg, progress=progress)
         records = [
             json.loads(p.read_text()) for p in (Path(tmp) / "out/bench/results").glob("*.json")

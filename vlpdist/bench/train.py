@@ -44,7 +44,7 @@ def _batch(batch_size: int, max_regions: int = 36):
     from vlpdist.shards.synthetic import synthesize
 
     with tempfile.TemporaryDirectory() as tmp:
-        synthesize(load(Config, str(SYNTH)), tmp, progress=False)
+        synthesize(load(Config, str(SYNTH), command="synth"), tmp, progress=False)
         cfg = DataConfig(sources=[DataSource(url=os.path.join(tmp, "shards", "coco_like"))],
                          batch_size=batch_size, num_workers=0, max_regions=max_regions)  # fmt: skip
         loader = Loader(cfg, None)

@@ -1,4 +1,5 @@
-"""Typed configs: `load(Config, path, overrides)`; see loader.py for the precedence."""
+"""Typed configs: `load(Config, path, overrides, command=...)`; see loader.py for the
+precedence and sections.py for what each command reads (`COMMANDS`)."""
 
 from vlpdist.config.loader import (
     SECRET,
@@ -10,6 +11,7 @@ from vlpdist.config.loader import (
 )
 from vlpdist.config.recipe import Recipe, ShardsConfig
 from vlpdist.config.sections import (
+    COMMANDS,
     CaptionConfig,
     Config,
     DataConfig,
@@ -24,10 +26,12 @@ from vlpdist.config.sections import (
     StudyConfig,
     StudyResources,
     StudyTask,
+    command_of,
 )
 from vlpdist.config.synth import DomainConfig, SynthConfig
 
 __all__ = [
+    "COMMANDS",
     "SECRET",
     "Config",
     "DataConfig",
@@ -48,6 +52,7 @@ __all__ = [
     "StudyResources",
     "StudyTask",
     "SynthConfig",
+    "command_of",
     "dump_yaml",
     "from_dict",
     "load",

@@ -1,12 +1,13 @@
 """Typed configs from YAML files and command-line overrides.
 
 Precedence (highest first): CLI dotlist overrides > the YAML file > the files it lists in
-`defaults:` (in order, later ones win) > dataclass defaults. Unknown keys, wrong types and
-failed validations stop with one line naming the dotted key and the file that set it.
+`defaults:` (in order, later ones win) > dataclass defaults. Unknown keys, keys that the
+command does not read (`Config.COMMANDS`), wrong types and failed validations stop with one
+line naming the dotted key and the file (or override) that set it.
 
 Written by hand rather than with OmegaConf/Hydra: we need every error to name the file that
 set the offending key (through `defaults:` includes), strict rejection of unknown keys,
-and plain dataclasses with `__post_init__` validation, in about 200 lines.
+and plain dataclasses with `__post_init__` validation.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
@@ -54,15 +55,22 @@ REDACTED = "***"
 
 
 class Invalid(ValueError):  # noqa: N818 - raised by __post_init__, turned into ConfigError
-    """Raise from a dataclass `__post_init__`: `Invalid("field", "why")`.
+    """Raise from a dataclass `__post_init__`: `Invalid("field", "why")`, one field per check.
 
-    The loader prefixes the section's dotted path and names the file that set the key.
+    A check of several fields names them all: `Invalid("warmup_steps", "50 > total_steps
+    10", others=("total_steps",))`. The loader names the one that was set last (an override
+    beats the file it overrides; overrides given together, or keys of one file, name the
+    check's own key), where it came from, and where each other one that was set came from.
+    The message reads after the check's own key; naming another, the loader puts the own
+    key in front. Keys are relative to the dataclass that raises; the loader prefixes the
+    section's path.
     """
 
-    def __init__(self, key: str, message: str):
+    def __init__(self, key: str, message: str, others: Sequence[str] = ()):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+        self.others = tuple(others)
 
 
 # ---------------------------------------------------------------- reading YAML + includes
@@ -85,17 +93,29 @@ def _read_yaml(path: str) -> dict:
     return data
 
 
+def _record(origins: dict, dotted: str, origin: str) -> None:
+    """`dotted` was set (replaced) by `origin`. What was recorded under it is gone, and the
+    key moves to the end: the order of `origins` is the order of precedence, last wins."""
+    for key in [k for k in origins if k == dotted or k.startswith(dotted + ".")]:
+        del origins[key]
+    origins[dotted] = origin
+
+
 def _merge(dst: dict, src: Mapping, origins: dict, origin: str, prefix: str = "") -> None:
-    """Deep-merge `src` into `dst`; mappings merge, everything else replaces."""
+    """Deep-merge `src` into `dst`; mappings merge, everything else replaces. Origins are
+    recorded per leaf, so that a section names no file that set none of its keys."""
     for key, value in src.items():
         if not isinstance(key, str):
             raise ConfigError(f"{origin}: key {key!r} under '{prefix or '<top>'}' is not a string")
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
+        if isinstance(value, Mapping):
+            if not isinstance(dst.get(key), dict):
+                dst[key] = {}
+                origins.pop(dotted, None)  # a mapping replaces what was there
             _merge(dst[key], value, origins, origin, dotted + ".")
         else:
             dst[key] = _plain_copy(value)
-            origins[dotted] = origin
+            _record(origins, dotted, origin)
 
 
 def _plain_copy(value: Any) -> Any:
@@ -121,16 +141,16 @@ def read_with_defaults(path: str, origins: dict, _stack: tuple[str, ...] = ()) -
     merged: dict = {}
     for inc in includes:
         inc_path = inc if os.path.isabs(inc) else os.path.join(os.path.dirname(path), inc)
-        _merge(merged, read_with_defaults(inc_path, origins, (*_stack, real)), origins, inc_path)
-        # keys merged from an include keep the origin recorded while reading it
-    own_origins: dict = {}
-    _merge(merged, data, own_origins, path)
-    origins.update(own_origins)
+        # keys merged from an include keep the origin recorded while reading it (the file
+        # that set them, which may be an include of the include)
+        _merge(merged, read_with_defaults(inc_path, origins, (*_stack, real)), {}, inc_path)
+    _merge(merged, data, origins, path)
     return merged
 
 
-def apply_override(tree: dict, origins: dict, item: str) -> None:
-    """Apply one `a.b.c=value` override; the value is parsed as YAML (`3`, `true`, `[1,2]`)."""
+def apply_override(tree: dict, origins: dict, item: str) -> str:
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (`3`, `true`, `[1,2]`).
+    Returns the origin recorded for its keys."""
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected key=value")
     key, _, text = item.partition("=")
@@ -148,13 +168,14 @@ def apply_override(tree: dict, origins: dict, item: str) -> None:
         nxt = node.get(part)
         if not isinstance(nxt, dict):
             nxt = node[part] = {}
-            origins[".".join(parts[: depth + 1])] = origin  # a section this override created
+            origins.pop(".".join(parts[: depth + 1]), None)  # a section replaces a value
         node = nxt
     node[parts[-1]] = value
-    origins[key] = origin
+    _record(origins, key, origin)
     if isinstance(value, dict):  # nested keys of a mapping value come from the same place
         for sub in _dotted_keys(value, key + "."):
             origins[sub] = origin
+    return origin
 
 
 def _dotted_keys(tree: Mapping, prefix: str) -> list[str]:
@@ -170,20 +191,52 @@ def _dotted_keys(tree: Mapping, prefix: str) -> list[str]:
 
 
 class _Ctx:
-    def __init__(self, origins: dict, default_origin: str):
+    def __init__(self, origins: dict, default_origin: str, overrides: Collection[str] = ()):
         self.origins = origins
         self.default_origin = default_origin
+        # precedence of each place a key came from: files in the order they were applied
+        # (includes first), then the overrides, all alike: they were given together
+        self.rank = {o: i for i, o in enumerate(origins.values())}
+        self.rank.update(dict.fromkeys(overrides, len(origins)))
 
-    def where(self, dotted: str) -> str:
+    def set_by(self, dotted: str) -> str | None:
+        """Where the value of `dotted` came from (set itself, or a mapping or list it lies
+        in); None for a dataclass default."""
         probe = dotted
         while probe:
             if probe in self.origins:
                 return self.origins[probe]
             probe = probe.rpartition(".")[0]
-        return self.default_origin
+        return None
+
+    def where(self, dotted: str) -> str:
+        """Where `dotted` came from; for a section, where the first of its keys came from
+        (an unknown section `foo` set by `foo.x=1` names that override)."""
+        found = self.set_by(dotted)
+        if found:
+            return found
+        inside = [o for k, o in self.origins.items() if k.startswith(dotted + ".")]
+        return inside[0] if inside else self.default_origin
 
     def error(self, dotted: str, message: str) -> ConfigError:
         return ConfigError(f"{self.where(dotted)}: {dotted}: {message}")
+
+    def invalid(self, prefix: str, e: Invalid) -> ConfigError:
+        """A failed check, named by the key set last: the change that broke it."""
+        keys = [prefix + k for k in (e.key, *e.others)]
+
+        def rank(k: str) -> int:
+            origin = self.set_by(k)
+            return self.rank[origin] if origin else -1
+
+        named = max(keys, key=rank)  # on a tie the first, the check's own key
+        message = e.message if named == keys[0] else f"{keys[0]} {e.message}"
+        by_origin: dict[str, list[str]] = {}
+        for k in keys:
+            if k != named and self.set_by(k):
+                by_origin.setdefault(self.set_by(k), []).append(k)
+        others = "; ".join(f"{', '.join(ks)} set by {o}" for o, ks in by_origin.items())
+        return self.error(named, message + (f" ({others})" if others else ""))
 
 
 def _type_name(tp: Any) -> str:
@@ -294,7 +347,7 @@ def _build(cls: type[T], values: Mapping, prefix: str, ctx: _Ctx) -> T:
     try:
         return cls(**kwargs)
     except Invalid as e:
-        raise ctx.error(prefix + e.key, e.message) from None
+        raise ctx.invalid(prefix, e) from None
     except TypeError as e:  # a required field without a default was not given
         raise ctx.error(prefix.rstrip(".") or "<top>", str(e)) from None
 
@@ -307,18 +360,67 @@ def load(
     path: str | None = None,
     overrides: Sequence[str] = (),
     base: dict | None = None,
+    *,
+    command: str | None = None,
 ) -> T:
     """Resolve `schema` from dataclass defaults, an optional `base` mapping, the YAML file
-    at `path` (with its `defaults:` includes) and dotlist `overrides`, in that order."""
+    at `path` (with its `defaults:` includes) and dotlist `overrides`, in that order.
+
+    A schema with a `COMMANDS` table (`Config`: one file layout for every command) is read
+    for one `command`, which must be given: a key that the file, an include or an override
+    sets outside what that command reads is an error, not silently ignored."""
+    reads = _reads(schema, command)
     origins: dict = {}
     tree: dict = {}
     if base:
         _merge(tree, base, origins, "<built-in defaults>")
     if path is not None:
         _merge(tree, read_with_defaults(path, origins), {}, path)
-    for item in overrides:
-        apply_override(tree, origins, item)
-    return _build(schema, tree, "", _Ctx(origins, path or "<defaults>"))
+    from_overrides = {apply_override(tree, origins, item) for item in overrides}
+    ctx = _Ctx(origins, path or "<defaults>", from_overrides)
+    if reads is not None:
+        _check_read(schema, command, reads, ctx)
+    return _build(schema, tree, "", ctx)
+
+
+def _reads(schema: type, command: str | None) -> tuple[str, ...] | None:
+    table = getattr(schema, "COMMANDS", None)
+    if table is None:
+        if command is not None:
+            raise TypeError(f"{schema.__name__} has no COMMANDS table; load it without command")
+        return None
+    if command not in table:  # a caller's bug, not a user's mistake
+        raise TypeError(f"load({schema.__name__}): command must be one of {list(table)}")
+    return table[command]
+
+
+def _within(entries: Sequence[str], dotted: str) -> bool:
+    return any(dotted == e or dotted.startswith(e + ".") for e in entries)
+
+
+def _check_read(schema: type, command: str, entries: Sequence[str], ctx: _Ctx) -> None:
+    """Every key that was set lies in what `command` reads (`entries`: sections or dotted
+    keys); the first that does not, in the order they were set, is the error. A mapping
+    set as a whole comes before its keys, so the key named is the one that was written."""
+    sections = {f.name for f in dataclasses.fields(schema)}
+    for key in ctx.origins:
+        if key.partition(".")[0] not in sections or _within(entries, key):
+            continue  # unknown sections are _build's error, with the known keys
+        if any(e.startswith(key + ".") for e in entries):
+            continue  # a section read in part (a study's run.output): its keys one by one
+        raise ctx.error(key, f"not read by the {command} command (it reads {', '.join(entries)})")
+
+
+def select(data: Mapping, entries: Sequence[str]) -> dict:
+    """The part of plain config data that `entries` (sections or dotted keys) name."""
+    out: dict = {}
+    for entry in entries:
+        *path, last = entry.split(".")
+        src, dst = data, out
+        for part in path:
+            src, dst = src[part], dst.setdefault(part, {})
+        dst[last] = src[last]
+    return out
 
 
 def from_dict(schema: type[T], values: Mapping, origin: str = "<dict>") -> T:
@@ -344,5 +446,9 @@ def to_dict(cfg: Any, redact: bool = False) -> Any:
     return cfg
 
 
-def dump_yaml(cfg: Any, redact: bool = True) -> str:
-    return yaml.safe_dump(to_dict(cfg, redact=redact), sort_keys=False, default_flow_style=False)
+def dump_yaml(cfg: Any, redact: bool = True, command: str | None = None) -> str:
+    """YAML of `cfg`; with `command`, only what that command reads (a file it can load)."""
+    data = to_dict(cfg, redact=redact)
+    if command is not None:
+        data = select(data, _reads(type(cfg), command))
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

@@ -6,27 +6,41 @@ Cross-section checks (impossible combinations) live in `Config.__post_init__`.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from vlpdist.config.loader import SECRET, Invalid
+from vlpdist.config.loader import SECRET, Invalid, read_with_defaults
 from vlpdist.config.synth import SynthConfig
+from vlpdist.models.flavors import CAPTION_MAX_LEN, FLAVORS, HEAD_SPLITS, resolve
 
 
 @dataclass
 class RetryConfig:
-    max_attempts: int = 6
-    """Tries per storage call, the first one included; transient errors only."""
+    max_attempts: int = 10
+    """Tries per storage call, the first one included; transient errors only. When they are
+    spent (or `deadline_s` is), the call fails with one line naming the object: a run stops
+    rather than lose data."""
     base_delay_s: float = 0.2
     """First backoff delay; doubles per retry, with full jitter."""
     max_delay_s: float = 10.0
     """Cap of one backoff delay."""
+    deadline_s: float = 300.0
+    """No retry starts later than this many seconds after a call's first try."""
 
     def __post_init__(self):
         if self.max_attempts < 1:
             raise Invalid("max_attempts", "must be >= 1")
-        if self.base_delay_s < 0 or self.max_delay_s < self.base_delay_s:
-            raise Invalid("max_delay_s", "need 0 <= base_delay_s <= max_delay_s")
+        if self.deadline_s <= 0:
+            raise Invalid("deadline_s", "must be > 0")
+        if self.base_delay_s < 0:
+            raise Invalid("base_delay_s", "must be >= 0")
+        if self.max_delay_s < self.base_delay_s:
+            raise Invalid(
+                "max_delay_s",
+                f"{self.max_delay_s} < base_delay_s {self.base_delay_s}",
+                others=("base_delay_s",),
+            )
 
 
 @dataclass
@@ -120,11 +134,12 @@ class DataConfig:
     """Check each shard's sha256 (reads every shard once, before the first epoch)."""
 
     def __post_init__(self):
-        for name in ("batch_size", "max_regions", "max_text_tokens", "shuffle_window", "read_span"):
+        for name in ("batch_size", "max_regions", "max_text_tokens", "shuffle_window", "read_span",
+                     "prefetch", "read_threads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise Invalid(name, "must be >= 1")
-        if self.num_workers < 0 or self.prefetch < 1 or self.read_threads < 1:
-            raise Invalid("num_workers", "num_workers >= 0, prefetch >= 1, read_threads >= 1")
+        if self.num_workers < 0:
+            raise Invalid("num_workers", "must be >= 0")
         for name in ("mlm_prob", "mrm_prob", "mrm_zero_prob", "itm_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise Invalid(name, "must be in [0, 1]")
@@ -132,6 +147,23 @@ class DataConfig:
             raise Invalid("fraction", f"must be in (0, 1], got {self.fraction}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise Invalid("samples_per_epoch", "must be >= 1")
+
+
+# Size field types of vlpdist.models.flavors: how a `model.sizes` value is checked.
+SIZE_TYPES = {
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an int >= 1"),
+    float: (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+        "a number >= 0",
+    ),
+    tuple[int, ...]: (
+        lambda v: (
+            isinstance(v, list | tuple)
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+        ),
+        "a list of ints >= 0",
+    ),
+}
 
 
 @dataclass
@@ -154,6 +186,32 @@ class ModelConfig:
     def __post_init__(self):
         if not self.objectives:
             raise Invalid("objectives", "at least one objective is needed")
+        # the sizes are those of the arch's size dataclass, with its types: a misspelt or
+        # mistyped size is this line, not a crash of every rank when the model is built
+        hints = typing.get_type_hints(type(FLAVORS[self.arch][self.flavor]))
+        for name, value in self.sizes.items():
+            if name not in hints:
+                raise Invalid(
+                    f"sizes.{name}",
+                    f"not a size of {self.arch} (its sizes: {', '.join(hints)})",
+                    others=("arch",),
+                )
+            expected = SIZE_TYPES[hints[name]]
+            if not expected[0](value):
+                raise Invalid(f"sizes.{name}", f"expected {expected[1]}, got {value!r}")
+        size = self.size()
+        for width, heads in HEAD_SPLITS:
+            w, h = getattr(size, width, None), getattr(size, heads, None)
+            if w is not None and w % h:
+                raise Invalid(
+                    f"sizes.{width}",
+                    f"{w} is not a multiple of {heads} {h} in {self.arch}/{self.flavor}",
+                    others=(f"sizes.{heads}", "flavor", "arch"),
+                )
+
+    def size(self):
+        """The model's size dataclass: the flavor's with `sizes` applied."""
+        return resolve(self.arch, self.flavor, self.sizes)
 
 
 @dataclass
@@ -176,12 +234,23 @@ class OptimConfig:
     def __post_init__(self):
         if self.lr <= 0:
             raise Invalid("lr", "must be > 0")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise Invalid(name, "must be >= 0")
+        if self.eps <= 0:
+            raise Invalid("eps", "must be > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise Invalid("betas", "need two values in [0, 1)")
-        if self.total_steps < 1 or self.warmup_steps < 0:
-            raise Invalid("total_steps", "must be >= 1 (warmup_steps >= 0)")
+        if self.total_steps < 1:
+            raise Invalid("total_steps", "must be >= 1")
+        if self.warmup_steps < 0:
+            raise Invalid("warmup_steps", "must be >= 0")
         if self.warmup_steps > self.total_steps:
-            raise Invalid("warmup_steps", f"{self.warmup_steps} > total_steps {self.total_steps}")
+            raise Invalid(
+                "warmup_steps",
+                f"{self.warmup_steps} > total_steps {self.total_steps}",
+                others=("total_steps",),
+            )
 
 
 @dataclass
@@ -194,6 +263,14 @@ class DeepSpeedConfig:
     """Samples per update over all ranks = micro-batch x accumulation x world size."""
     offload_optimizer: bool = False
     """ZeRO-Offload of optimizer state to CPU (stage >= 1)."""
+
+    def __post_init__(self):
+        if self.global_batch_size < 1:
+            raise Invalid("global_batch_size", "must be >= 1")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise Invalid(
+                "offload_optimizer", "needs deepspeed.zero_stage >= 1", others=("zero_stage",)
+            )
 
 
 @dataclass
@@ -223,8 +300,11 @@ class RunConfig:
     (rank<r>.jsonl): a debugging aid that shows a resumed run consumed exactly the rest."""
 
     def __post_init__(self):
-        if self.checkpoint_every < 0 or self.keep_last < 1 or self.log_every < 1:
-            raise Invalid("keep_last", "checkpoint_every >= 0, keep_last >= 1, log_every >= 1")
+        if self.checkpoint_every < 0:
+            raise Invalid("checkpoint_every", "must be >= 0 (0 disables)")
+        for name in ("keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise Invalid(name, "must be >= 1")
         if not self.name or "/" in self.name:
             raise Invalid("name", f"must be a non-empty name without '/', got {self.name!r}")
 
@@ -266,8 +346,11 @@ class CaptionConfig:
     """Replace an existing shard set at `out`."""
 
     def __post_init__(self):
-        if self.beam_size < 1 or self.max_len < 1 or self.batch_size < 1:
-            raise Invalid("beam_size", "beam_size, max_len and batch_size must be >= 1")
+        for name in ("beam_size", "max_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise Invalid(name, "must be >= 1")
+        if self.max_len > CAPTION_MAX_LEN:
+            raise Invalid("max_len", f"must be <= {CAPTION_MAX_LEN} (the decoder's positions)")
 
 
 @dataclass
@@ -280,8 +363,9 @@ class StudyTask:
     """The task kind; default: the entry's name in study.tasks."""
 
     def __post_init__(self):
-        if not self.train or not self.val:
-            raise Invalid("train", "a study task needs train and val shard sets")
+        for name in ("train", "val"):
+            if not getattr(self, name):
+                raise Invalid(name, "a study task needs train and val shard sets")
 
 
 @dataclass
@@ -296,8 +380,11 @@ class StudyResources:
     """ZeRO stage of these runs; default: the base config's."""
 
     def __post_init__(self):
-        if self.workers < 1 or self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
-            raise Invalid("workers", "workers >= 1, cpus_per_worker >= 0, gpus_per_worker >= 0")
+        if self.workers < 1:
+            raise Invalid("workers", "must be >= 1")
+        for name in ("cpus_per_worker", "gpus_per_worker"):
+            if getattr(self, name) < 0:
+                raise Invalid(name, "must be >= 0")
 
 
 @dataclass
@@ -354,9 +441,47 @@ class StudyConfig:
                 raise Invalid("pretrain_sets", f"set name {name!r}: letters, digits, _ and -")
 
 
+# What each command reads of a `Config`: sections, or single keys of a section. Anything
+# else that a file, an include or an override sets is an error (loader._check_read), and
+# `vlpdist config show` prints only this part.
+TRAINING = ("storage", "data", "model", "optim", "deepspeed", "run")
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "pretrain": TRAINING,  # vlpdist pretrain: no evaluation (eval is fine-tuning's)
+    "finetune": (*TRAINING, "eval"),  # vlpdist finetune
+    "caption": (*TRAINING, "caption"),  # vlpdist shards caption: trains, then captions
+    # vlpdist study, study status, report: each run is built from the study's base configs
+    # (their own data, model, ...); the study puts them under run.output with its storage
+    "study": ("storage", "run.output", "study"),
+    "synth": ("storage", "synth"),  # vlpdist shards synth, vlpdist demo (its first step)
+}
+
+# A file's command when none is named (`vlpdist config show`): the first of these sections
+# that it sets (with its includes); a file with none of them is a pretraining config.
+COMMAND_OF_SECTION = (
+    ("study", "study"),
+    ("synth", "synth"),
+    ("caption", "caption"),
+    ("eval", "finetune"),
+)
+
+
+def command_of(path: str) -> str:
+    """The command that reads the config file at `path`, from the sections it sets."""
+    tree = read_with_defaults(path, {})
+    return next((cmd for section, cmd in COMMAND_OF_SECTION if section in tree), "pretrain")
+
+
+# Tasks whose text goes to a decoder rather than to the encoder (which then sees [CLS]
+# alone), with the decoder's positions; every other task's text takes encoder positions.
+DECODER_POSITIONS = {"caption": CAPTION_MAX_LEN}
+
+
 @dataclass
 class Config:
-    """Root of every training, study and synthetic-world config file."""
+    """Root of every training, study and synthetic-world config file; `COMMANDS` says
+    which part each command reads."""
+
+    COMMANDS: ClassVar[dict[str, tuple[str, ...]]] = COMMANDS
 
     storage: StorageConfig = field(default_factory=StorageConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -370,16 +495,38 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self):
-        ds = self.deepspeed
-        if ds.global_batch_size % self.data.batch_size:
+        ds, data = self.deepspeed, self.data
+        if ds.global_batch_size % data.batch_size:
             raise Invalid(
                 "deepspeed.global_batch_size",
-                f"{ds.global_batch_size} is not a multiple of data.batch_size {self.data.batch_size}",
+                f"{ds.global_batch_size} is not a multiple of data.batch_size {data.batch_size}",
+                others=("data.batch_size",),
             )
-        if ds.offload_optimizer and ds.zero_stage == 0:
-            raise Invalid("deepspeed.offload_optimizer", "needs deepspeed.zero_stage >= 1")
         if self.run.init_from and self.model.text_init:
             raise Invalid(
                 "model.text_init",
                 "set together with run.init_from; the export already holds the text weights",
+                others=("run.init_from",),
+            )
+        self._check_text_positions()
+
+    def _check_text_positions(self):
+        """The text fits the position table it goes to. From an export (run.init_from), the
+        export's sizes rule, not model.sizes: the preflight checks those."""
+        m, n = self.model, self.data.max_text_tokens
+        decoder = DECODER_POSITIONS.get(self.data.task)
+        if decoder is not None:
+            if n - 1 > decoder:  # teacher forcing reads the caption but for its last token
+                raise Invalid(
+                    "data.max_text_tokens",
+                    f"{n}: a {self.data.task} decoder reads {n - 1} tokens, it has {decoder} "
+                    "positions",
+                    others=("data.task",),
+                )
+        elif not self.run.init_from and n > m.size().max_position:
+            raise Invalid(
+                "data.max_text_tokens",
+                f"{n} > model.sizes.max_position {m.size().max_position} of the "
+                f"{m.arch}/{m.flavor} model",
+                others=("model.sizes.max_position", "model.flavor", "model.arch"),
             )

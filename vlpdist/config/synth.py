@@ -110,8 +110,14 @@ class SynthConfig:
     def __post_init__(self):
         if self.feature_dim < 8:
             raise Invalid("feature_dim", "must be >= 8")
-        if not 4 <= self.latent_dim <= self.feature_dim:
-            raise Invalid("latent_dim", f"must be in [4, feature_dim={self.feature_dim}]")
+        if self.latent_dim < 4:
+            raise Invalid("latent_dim", "must be >= 4")
+        if self.latent_dim > self.feature_dim:
+            raise Invalid(
+                "latent_dim",
+                f"{self.latent_dim} > feature_dim {self.feature_dim}",
+                others=("feature_dim",),
+            )
         for name, lo, hi in (("num_classes", 4, 46), ("num_colors", 3, 11), ("num_genres", 2, 10)):
             v = getattr(self, name)
             if not lo <= v <= hi:

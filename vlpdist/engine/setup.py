@@ -5,15 +5,21 @@ model or storage that cannot be written into one line, within a second or two of
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 import yaml
 
 from vlpdist.config import Config, dump_yaml
+from vlpdist.config.sections import DECODER_POSITIONS
 from vlpdist.engine import checkpoint
 from vlpdist.errors import VlpdistError
+from vlpdist.shards.reader import load_manifest
 from vlpdist.storage import Storage, join
+
+# What a pretraining objective needs in every training set's manifest, and what it is.
+OBJECTIVE_NEEDS = {"mrc": ("cls_prob_dim", "region classification: KL to the detector's cls_prob")}
 
 
 @dataclass
@@ -70,21 +76,54 @@ def preflight(cfg: Config, command: str) -> Preflight:
         probe = join(run_url, ".write-probe")
         storage.write_text(probe, "ok")
         storage.rm(probe)
-    for key, sources in (("data.sources", cfg.data.sources), ("eval.sources", cfg.eval.sources)):
-        if key == "data.sources" and not sources:
-            raise VlpdistError("data.sources: no shard set to train on")
-        for src in sources:
-            if not storage.exists(join(src.url, "index.json")):
-                raise VlpdistError(f"{key}: {src.url}: no shard set there (no index.json)")
+    if not cfg.data.sources:
+        raise VlpdistError("data.sources: no shard set to train on")
+    first = _check_sources(storage, cfg)
     if cfg.run.init_from:
-        _check_export(storage, cfg.run.init_from)
+        _check_export(storage, cfg, first)
     latest = (checkpoint.committed(storage, run_url) or [(0, None)])[-1][1]
     if latest:
         checkpoint.check_same_model(storage, latest, yaml.safe_load(dump_yaml(cfg, redact=True)))
     return Preflight(storage, run_url, latest)
 
 
-def _check_export(storage: Storage, url: str) -> None:
+def _check_sources(storage: Storage, cfg: Config) -> dict:
+    """Every shard set's manifest fits the first training set's (the model is built for that
+    one) and has what the objectives need; returns the first manifest. Each mismatch would
+    otherwise crash every rank after the process group starts (or, for a set without cls_prob
+    under mrc, train against all-zero targets)."""
+    first: dict = {}
+    pretraining = cfg.data.task == "pretrain"  # objectives and cls_prob serve pretraining only
+    needs = [(o, *OBJECTIVE_NEEDS[o]) for o in cfg.model.objectives if o in OBJECTIVE_NEEDS]
+    for key, sources in (("data.sources", cfg.data.sources), ("eval.sources", cfg.eval.sources)):
+        for src in sources:
+            if not storage.exists(join(src.url, "index.json")):
+                raise VlpdistError(f"{key}: {src.url}: no shard set there (no index.json)")
+            m = load_manifest(storage, src.url)
+            m["tokenizer_sha256"] = (m.get("tokenizer") or {}).get("sha256")
+            first = first or {**m, "url": src.url}
+            agree = ["feature_dim", "tokenizer_sha256"]
+            both_cls = m.get("cls_prob_dim") and first.get("cls_prob_dim")
+            if pretraining and key == "data.sources" and both_cls:
+                agree.append("cls_prob_dim")  # collation copies every set's into one array
+            differs = [w for w in agree if m.get(w) != first.get(w)]
+            if differs:
+                raise VlpdistError(
+                    f"{key}: {src.url}: its {differs[0]} differs from that of {first['url']} "
+                    "(the first of data.sources, which the model is built for)"
+                )
+            for objective, field, what in needs if pretraining and key == "data.sources" else ():
+                if not m.get(field):
+                    raise VlpdistError(
+                        f"model.objectives: {objective} ({what}) needs {field} in every training "
+                        f"set; {key} {src.url} has none in its index.json: drop {objective} from "
+                        "model.objectives or train on a set with detector classes"
+                    )
+    return first
+
+
+def _check_export(storage: Storage, cfg: Config, first: dict) -> None:
+    url = cfg.run.init_from
     if not storage.exists(join(url, "config.json")):
         raise VlpdistError(
             f"run.init_from {url}: no export there (no config.json); point it at a "
@@ -94,4 +133,16 @@ def _check_export(storage: Storage, url: str) -> None:
         raise VlpdistError(
             f"run.init_from {url}: incomplete export (no {checkpoint.COMMIT} marker: its "
             "pretraining run has not finished, or the copy was cut short)"
+        )
+    # the export's sizes and dims rule over model.sizes (config.json of models/export.py)
+    exported = json.loads(storage.read_text(join(url, "config.json")))
+    positions, tokens = exported["sizes"]["max_position"], cfg.data.max_text_tokens
+    if cfg.data.task not in DECODER_POSITIONS and tokens > positions:
+        raise VlpdistError(
+            f"data.max_text_tokens {tokens} > the {positions} positions of run.init_from {url}"
+        )
+    if exported["dims"]["visual_dim"] != first["feature_dim"]:
+        raise VlpdistError(
+            f"run.init_from {url} takes {exported['dims']['visual_dim']}-d region features; "
+            f"data.sources {first['url']} has feature_dim {first['feature_dim']}"
         )

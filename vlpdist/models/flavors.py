@@ -102,6 +102,19 @@ FLAVORS: dict[str, dict[str, object]] = {
 }
 
 
+# (width, heads) of each attention: the width splits evenly into the heads, or the layer
+# cannot be built. Read by the config's checks, so a bad size is one line before any rank.
+HEAD_SPLITS = (
+    ("hidden_size", "num_heads"),
+    ("v_hidden_size", "v_num_heads"),
+    ("bi_hidden_size", "bi_num_heads"),
+)
+
+# Positions of the captioner's decoder (heads.CaptionDecoder): the longest caption it reads
+# while training (the text but its last token) or writes while decoding.
+CAPTION_MAX_LEN = 64
+
+
 def resolve(arch: str, flavor: str, overrides: dict | None = None):
     """The size dataclass of (arch, flavor) with single numbers overridden."""
     try:

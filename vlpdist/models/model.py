@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vlpdist.models.base import Encoder
-from vlpdist.models.flavors import DataDims, resolve
+from vlpdist.models.flavors import CAPTION_MAX_LEN, DataDims, resolve
 from vlpdist.models.heads import CaptionDecoder, Classifier, MLMHead, RegionHead
 from vlpdist.models.text_init import load_text_weights
 from vlpdist.models.vilbert import ViLBertEncoder
@@ -42,7 +42,7 @@ class VLModel(nn.Module):
         if task == "caption":
             heads["caption"] = CaptionDecoder(
                 encoder.text_dim, encoder.image_dim, dims.vocab_size,
-                heads=max(1, encoder.text_dim // 64),
+                heads=max(1, encoder.text_dim // 64), max_len=CAPTION_MAX_LEN,
             )  # fmt: skip
         elif task != "pretrain":
             labels = TASK_LABELS.get(task, dims.num_labels)
