@@ -15,7 +15,7 @@ from faultproxy import FaultProxy
 from vlpdist.config import Config, DataConfig, DataSource, RetryConfig, StorageConfig, load
 from vlpdist.data.answers import soft_scores
 from vlpdist.data.loader import Loader
-from vlpdist.errors import ShardError, VlpdistError
+from vlpdist.errors import ShardError, StorageError, VlpdistError
 from vlpdist.shards.reader import iter_samples
 from vlpdist.shards.synthetic import synthesize
 from vlpdist.storage import Storage
@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 def world(tmp_path_factory) -> Path:
     """The tiny synthetic world, with small shards so that sets span several (uneven) shards."""
     out = tmp_path_factory.mktemp("world")
-    cfg = load(Config, str(REPO / "configs/synth/tiny.yaml"), ["synth.target_shard_mb=0.05"])
+    cfg = load(Config, str(REPO / "configs/synth/tiny.yaml"), ["synth.target_shard_mb=0.05"],
+               command="synth")  # fmt: skip
     synthesize(cfg, str(out), progress=False)
     return out / "shards"
 
@@ -209,19 +210,57 @@ def test_train_fraction_is_a_seeded_nested_subset_fixed_across_epochs(world):
         Loader(cfg_for(world / "vqa_train", task="vqa", fraction=0.5)).load_state_dict(state)
 
 
-def test_truncated_and_missing_shards_are_skipped_and_counted(world, tmp_path, caplog):
+@pytest.mark.parametrize("read_span", [1, 8])
+def test_a_shard_deleted_mid_run_is_named_counted_and_padded(world, tmp_path, caplog, read_span):
+    url = tmp_path / "coco"
+    shutil.copytree(world / "coco_like", url)
+    m = json.loads((url / "index.json").read_text())
+    lds = [Loader(cfg_for(url, read_span=read_span), rank=r, world_size=2) for r in (0, 1)]
+    from vlpdist.data import plan as P
+
+    last = int(lds[0].stream.sequence(0)[-1, P.SHARD])  # read at the end of the epoch
+    gone = url / m["shards"][last]["name"]
+    its = [iter(ld) for ld in lds]
+    got = units(next(its[0])) + units(next(its[1]))  # the run is under way
+    gone.unlink()
+    counts = [1, 1]
+    for r, it in enumerate(its):
+        for b in it:
+            got += units(b)
+            counts[r] += 1
+    assert counts[0] == counts[1]  # every rank keeps its number of batches
+    keys = [k for k, _ in got]
+    assert len(keys) == len(set(keys))
+    assert m["num_samples"] - m["shards"][last]["num_samples"] <= len(keys) < m["num_samples"]
+    tel = [ld.telemetry() for ld in lds]
+    assert {u for ld in lds for u in ld.skipped_shards()} == {str(gone)}
+    assert sum(t["missing_samples"] for t in tel) == m["num_samples"] - len(keys)
+    assert sum(t["corrupt_samples"] for t in tel) == 0
+    warnings = [r.getMessage() for r in caplog.records if str(gone) in r.getMessage()]
+    # the plan is the manifest's: a resume after the deletion is accepted and exact
+    fresh = Loader(cfg_for(url, read_span=read_span), rank=0, world_size=2)
+    fresh.load_state_dict(lds[0].state_dict())
+    assert lds[0].state_dict()["sources"] == [[str(url), m["num_samples"]]]
+    # once per rank (two loaders here), naming the object; not once per sample
+    assert len(warnings) == 2 and all("gone" in w for w in warnings)
+
+
+def test_a_truncated_shard_loses_only_its_cut_samples_or_fails(world, tmp_path, caplog):
     url = tmp_path / "coco"
     shutil.copytree(world / "coco_like", url)
     m = json.loads((url / "index.json").read_text())
     bad = url / m["shards"][1]["name"]
-    bad.write_bytes(bad.read_bytes()[:1000])
-    (url / m["shards"][2]["name"]).unlink()
+    offsets = m["shards"][1]["offsets"]
+    bad.write_bytes(bad.read_bytes()[: offsets[3] + 100])  # samples 0-2 intact
     ld = Loader(cfg_for(url))
-    got = [k for k, _ in epoch_units([ld])]
-    lost = m["shards"][1]["num_samples"] + m["shards"][2]["num_samples"]
-    assert len(got) == len(set(got)) == m["num_samples"] - lost
-    assert ld.telemetry()["skipped_shards"] == 2
-    assert str(bad) in caplog.text and "truncated" in caplog.text
+    keys = [k for k, _ in epoch_units([ld])]
+    lost = m["shards"][1]["num_samples"] - 3
+    assert len(keys) == len(set(keys)) == m["num_samples"] - lost
+    assert ld.telemetry()["corrupt_samples"] == lost and ld.skipped_shards() == {}
+    assert sum(str(bad) in r.getMessage() for r in caplog.records) == 1
+    assert "truncated" in caplog.text
+    with pytest.raises(ShardError, match=rf"^{bad}: sample \d+: .*truncated.*on_corrupt=fail"):
+        list(Loader(cfg_for(url, on_corrupt="fail")))
 
 
 def test_corrupt_samples_become_flagged_padding_or_fail(world, tmp_path):
@@ -242,6 +281,21 @@ def test_corrupt_samples_become_flagged_padding_or_fail(world, tmp_path):
     raw[m["shards"][0]["offsets"][3] + 700] ^= 0x01
     shard.write_bytes(bytes(raw))
     assert Loader(cfg_for(url, verify_sha256=True)).telemetry()["skipped_shards"] == 1
+
+
+def test_an_error_in_a_loader_worker_is_the_same_one_line(world, tmp_path):
+    url = tmp_path / "coco"
+    shutil.copytree(world / "coco_like", url)
+    m = json.loads((url / "index.json").read_text())
+    shard = url / m["shards"][0]["name"]
+    raw = bytearray(shard.read_bytes())
+    raw[m["shards"][0]["offsets"][1] + 5] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    for workers in (0, 2):
+        with pytest.raises(ShardError) as info:
+            list(Loader(cfg_for(url, on_corrupt="fail", num_workers=workers)))
+        assert str(info.value).startswith(f"{shard}: sample 1: tar header checksum")
+        assert "\n" not in str(info.value) and "DataLoader worker" not in str(info.value)
 
 
 @pytest.fixture
@@ -267,6 +321,29 @@ def test_s3_with_faults_yields_every_sample_exactly_once(world, world_on_s3, s3)
     tel = ld.telemetry()
     assert proxy.faults() > 5 and tel["retries"] > 0, (proxy.faults(), tel)
     assert tel["bytes_read"] > 0 and tel["requests"] > 0
+
+
+def test_transient_faults_never_cost_a_sample_they_stop_the_run(world, world_on_s3, s3):
+    """70% of requests fail: within the retry budget nothing is lost; past it the run stops
+    with one line naming the object, never with padding in place of samples."""
+    local = epoch_units([Loader(cfg_for(world / "coco_like", read_span=2))])
+    with FaultProxy(s3.endpoint) as proxy:
+        patient = StorageConfig(endpoint_url=proxy.url, retry=RetryConfig(60, 0.001, 0.005))
+        proxy.rate(0.7, kinds=("503", "reset"), seed=3)
+        ld = Loader(cfg_for(world_on_s3, read_span=2), patient)
+        assert epoch_units([ld]) == local
+        tel = ld.telemetry()
+        assert tel["corrupt_samples"] == tel["missing_samples"] == tel["pad_samples"] == 0
+        assert tel["retries"] > 10
+        # shard health comes from the manifest and content: no HEAD of a shard to throttle
+        assert not [e for e in proxy.log if e["method"] == "HEAD" and ".tar" in e["path"]]
+        proxy.rate(0.0)
+        impatient = StorageConfig(endpoint_url=proxy.url, retry=RetryConfig(2, 0.001, 0.005))
+        ld = Loader(cfg_for(world_on_s3, read_span=2), impatient)
+        proxy.rate(0.7, kinds=("503",), seed=4)
+        with pytest.raises(StorageError, match=r"/coco_like/\d+\.tar: read failed after 2"):
+            epoch_units([ld])
+        assert ld.telemetry()["corrupt_samples"] == 0
 
 
 def test_read_span_keeps_runs_contiguous_and_cuts_requests(world):

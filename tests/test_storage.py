@@ -94,6 +94,8 @@ def test_transient_errors_are_retried_and_logged(s3, caplog):
             assert st.read_bytes(s3.url("t.bin")) == b"payload" * 1000
         assert proxy.faults("reset") == 3
         assert any("retry" in r.getMessage() for r in caplog.records), caplog.text
+        # every request sent again is counted, aiohttp's own re-send included
+        assert st.retries == proxy.faults() == 5 and st.resends == 2
     assert SECRET not in caplog.text
 
 
@@ -101,10 +103,21 @@ def test_retries_are_bounded(s3):
     with FaultProxy(s3.endpoint) as proxy:
         st = Storage(StorageConfig(endpoint_url=proxy.url, retry=FAST))
         proxy.plan(["503"] * 50)
-        with pytest.raises(StorageError, match=r"t.bin: read failed after 4 attempts: .*503"):
+        with pytest.raises(StorageError, match=r"t.bin: read failed after 4 attempts .*503"):
             st.read_bytes(s3.url("t.bin"))
     # exactly max_attempts requests: botocore's and s3fs's own retry loops are off
     assert len(proxy.log) == 4
+
+
+def test_retries_stop_at_the_deadline(s3):
+    with FaultProxy(s3.endpoint) as proxy:
+        retry = RetryConfig(max_attempts=1000, base_delay_s=0.05, max_delay_s=0.05, deadline_s=0.5)
+        st = Storage(StorageConfig(endpoint_url=proxy.url, retry=retry))
+        proxy.plan(["503"] * 1000)
+        with pytest.raises(StorageError, match=r"t.bin: read failed after \d+ attempts") as e:
+            st.read_bytes(s3.url("t.bin"))
+    assert e.value.kind == "transient"
+    assert 2 <= len(proxy.log) < 1000  # the deadline, not the attempts, ended it
 
 
 def test_range_reader_resumes_at_the_byte_where_a_read_broke(s3):

@@ -15,7 +15,17 @@ class ConfigError(VlpdistError):
 
 
 class StorageError(VlpdistError):
-    """A storage URL cannot be read or written."""
+    """A storage URL cannot be read or written. `kind` says why, for callers that treat
+    causes differently (a missing object is not a store that keeps failing): 'not_found',
+    'transient' (retries exhausted), 'denied', 'missing_bucket', 'short' (fewer bytes than
+    asked for) or 'permanent'."""
+
+    def __init__(self, message: str, kind: str = "permanent"):
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):  # keeps `kind` across processes (loader workers, Ray)
+        return (type(self), (str(self), self.kind))
 
 
 class ShardError(VlpdistError):

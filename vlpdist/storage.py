@@ -5,7 +5,9 @@
 - Transient errors (5xx, throttling, resets, timeouts) are retried here with exponential
   backoff and full jitter, a bounded number of times, each retry logged. s3fs and
   botocore retry on their own too; both are switched off so that the bound is real
-  and every retry is visible.
+  and every retry is visible. aiohttp re-sends an idempotent request once by itself when
+  a kept-alive connection breaks before the reply; that cannot be switched off, so it is
+  counted (an aiohttp TraceConfig sees every send) and added to `Storage.retries`.
 - Permanent errors (no such bucket, access denied, not found) fail at once as one line.
 - Writes are atomic for readers: on object stores a single PUT/multipart upload becomes
   visible only when complete; on file systems we write a temporary name and rename.
@@ -153,7 +155,8 @@ class Storage:
         self.cfg = cfg or StorageConfig()
         self._fs: dict[str, fsspec.AbstractFileSystem] = {}
         self._sleep = sleep
-        self.retries = 0  # transient errors retried so far (telemetry)
+        self._retried = 0  # transient errors we retried
+        self.resends = 0  # requests the HTTP layer sent again by itself (S3)
 
     # -- settings and secrets
     def _s3_settings(self) -> dict:
@@ -193,6 +196,7 @@ class Storage:
                     "retries": {"total_max_attempts": 1, "mode": "standard"},
                     "connect_timeout": 10,
                     "read_timeout": 60,
+                    "http_session_cls": _counting_session(self),
                 },
                 "client_kwargs": {"region_name": s["region"]} if s["region"] else {},
             }
@@ -213,10 +217,16 @@ class Storage:
         except (ImportError, ValueError) as e:
             raise StorageError(f"{url}: unsupported storage protocol '{proto}': {e}") from None
 
+    @property
+    def retries(self) -> int:
+        """Every request sent again after a transient failure: ours and the HTTP layer's."""
+        return self._retried + self.resends
+
     # -- the retry policy
     def call(self, what: str, url: str, fn: Callable[[], T]) -> T:
         """Run `fn` with bounded, jittered, logged retries of transient errors."""
         r = self.cfg.retry
+        first = time.monotonic()
         for attempt in range(1, r.max_attempts + 1):
             try:
                 return fn()
@@ -226,16 +236,19 @@ class Storage:
                 kind = classify(e)
                 if kind != "transient":
                     raise self._permanent(kind, what, url, e) from None
-                if attempt == r.max_attempts:
-                    raise StorageError(
-                        f"{url}: {what} failed after {attempt} attempts: {self._describe(e)}"
-                    ) from None
                 delay = random.uniform(0, min(r.max_delay_s, r.base_delay_s * 2 ** (attempt - 1)))
+                elapsed = time.monotonic() - first
+                if attempt == r.max_attempts or elapsed + delay > r.deadline_s:
+                    raise StorageError(
+                        f"{url}: {what} failed after {attempt} attempts in {elapsed:.1f}s "
+                        f"(storage.retry): {self._describe(e)}",
+                        "transient",
+                    ) from None
                 log.warning(
                     "storage: %s %s: %s; retry %d/%d in %.2fs",
                     what, url, self._describe(e), attempt, r.max_attempts - 1, delay,
                 )  # fmt: skip
-                self.retries += 1
+                self._retried += 1
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
@@ -251,15 +264,16 @@ class Storage:
 
     def _permanent(self, kind: str, what: str, url: str, e: BaseException) -> StorageError:
         if kind == "missing_bucket":
-            return StorageError(f"{url}: no such bucket '{_bucket(url)}'")
+            return StorageError(f"{url}: no such bucket '{_bucket(url)}'", kind)
         if kind == "denied":
             return StorageError(
                 f"{url}: access denied while trying to {what} (check the credentials: "
-                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the config's storage section)"
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the config's storage section)",
+                kind,
             )
         if kind == "not_found":
-            return StorageError(f"{url}: not found")
-        return StorageError(f"{url}: cannot {what}: {self._describe(e)}")
+            return StorageError(f"{url}: not found", kind)
+        return StorageError(f"{url}: cannot {what}: {self._describe(e)}", kind)
 
     # -- reading
     def exists(self, url: str) -> bool:
@@ -306,7 +320,7 @@ class Storage:
         try:
             entries = self.call("list", url, lambda: fs.ls(path, detail=False))
         except StorageError as e:
-            if str(e).endswith(": not found"):
+            if e.kind == "not_found":
                 return []
             raise
         prefix = "" if proto == "file" else f"{proto}://"
@@ -319,7 +333,7 @@ class Storage:
         try:
             entries = self.call("list", url, lambda: fs.find(path))
         except StorageError as e:
-            if str(e).endswith(": not found"):
+            if e.kind == "not_found":
                 return []
             raise
         root = path.rstrip("/")
@@ -407,6 +421,37 @@ class Storage:
         self.call("delete", url, lambda: fs.rm(path, recursive=recursive))
 
 
+def _counting_session(storage: Storage):
+    """aiobotocore's HTTP session with a TraceConfig that counts, per request, the times its
+    headers were sent: more than once is aiohttp's own silent re-send."""
+    import aiohttp
+    from aiobotocore.httpsession import AIOHTTPSession
+
+    async def start(_session, ctx, _params) -> None:
+        ctx.sends = 0
+
+    async def sent(_session, ctx, _params) -> None:
+        ctx.sends = getattr(ctx, "sends", 0) + 1
+        if ctx.sends > 1:
+            storage.resends += 1
+
+    if not hasattr(AIOHTTPSession, "_get_session"):  # another aiobotocore: count nothing
+        return AIOHTTPSession
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(start)
+    trace.on_request_headers_sent.append(sent)
+    trace.freeze()
+
+    class CountingSession(AIOHTTPSession):
+        async def _get_session(self, proxy_url):
+            session = await super()._get_session(proxy_url)
+            if trace not in session.trace_configs:
+                session.trace_configs.append(trace)
+            return session
+
+    return CountingSession
+
+
 def _s3_range_into(fs, path: str, start: int, end: int, out: bytearray) -> None:
     """GET bytes [start, end) of an S3 object, appending to `out` as they arrive: when the
     connection breaks mid-body, what was received stays in `out` for the next attempt.
@@ -459,7 +504,9 @@ class _RangeReader(io.RawIOBase):
         end = min(self.total, self.pos + max(len(b), 1))
         data = self.storage.read_bytes(self.url, self.pos, end)
         if not data:
-            raise StorageError(f"{self.url}: object ended at byte {self.pos} of {self.total}")
+            raise StorageError(
+                f"{self.url}: object ended at byte {self.pos} of {self.total}", "short"
+            )
         n = len(data)
         b[:n] = data
         self.pos += n

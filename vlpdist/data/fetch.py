@@ -30,16 +30,18 @@ class Fetcher:
         self.storage, self.sources = storage, sources
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vlpdist-read")
         self._maps: dict[str, mmap.mmap] = {}  # local shards, mapped once per worker
+        self._missing: dict[str, StorageError] = {}  # shards found gone: not asked for again
         self._lock = threading.Lock()  # reader threads share the counters and descriptors
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self._maps.clear()  # unmapped once the last view into a map is gone
 
-    def fetch(self, entries: np.ndarray, stats: dict) -> list[memoryview | Exception]:
-        """The bytes of each entry's sample, or the error that kept it from being read;
-        bytes, requests, retries and seconds are added to `stats`."""
-        out: list[memoryview | Exception] = [StorageError("not read")] * len(entries)
+    def fetch(self, entries: np.ndarray, stats: dict) -> list[memoryview | StorageError]:
+        """The bytes of each entry's sample, or the `StorageError` that kept it from being
+        read (its `kind` says why: 'not_found', 'short', or retries exhausted); bytes,
+        requests, retries and seconds are added to `stats`."""
+        out: list[memoryview | StorageError] = [StorageError("not read")] * len(entries)
         runs = self._runs(entries)
         t0 = time.perf_counter()
         retries_before = self.storage.retries
@@ -47,12 +49,16 @@ class Fetcher:
         # local runs are zero-copy views of a mapped file: cheaper than a thread hand-off
         local = all(is_local(run[0]) for run in runs)
         results = map(read, runs) if local else self.pool.map(read, runs)
-        for (url, start, end, members), got in zip(runs, results, strict=True):
+        for (url, start, _end, members), got in zip(runs, results, strict=True):
             for i, lo, hi in members:
                 if isinstance(got, Exception):
                     out[i] = got
-                elif len(got) < end - start:
-                    out[i] = StorageError(f"{url}: short read at byte {start} (truncated shard?)")
+                elif len(got) < hi - start:
+                    # only the samples past the end are lost: those before it decode
+                    out[i] = StorageError(
+                        f"{url}: ends at byte {start + len(got)}, the manifest's sample ends "
+                        f"at {hi} (truncated shard)", "short",
+                    )  # fmt: skip
                 else:
                     out[i] = got[lo - start : hi - start]
         with self._lock:
@@ -82,8 +88,10 @@ class Fetcher:
             runs.append((url, start, end, members))
         return runs
 
-    def _read_run(self, run, stats: dict) -> memoryview | Exception:
+    def _read_run(self, run, stats: dict) -> memoryview | StorageError:
         url, start, end, _ = run
+        if url in self._missing:
+            return self._missing[url]
         try:
             if is_local(url):
                 with self._lock:
@@ -97,9 +105,18 @@ class Fetcher:
                 data = memoryview(mm)[start : min(end, len(mm))]  # zero-copy view
             else:
                 data = self.storage.read_bytes(url, start, end)
-        except (StorageError, OSError) as e:
-            return e if isinstance(e, StorageError) else StorageError(f"{url}: {e}")
+        except FileNotFoundError:
+            return self._gone(url, StorageError(f"{url}: not found", "not_found"))
+        except OSError as e:
+            return StorageError(f"{url}: {e.strerror or e}")
+        except StorageError as e:
+            return self._gone(url, e) if e.kind == "not_found" else e
         with self._lock:
             stats["bytes_read"] = stats.get("bytes_read", 0) + len(data)
             stats["requests"] = stats.get("requests", 0) + 1
         return data if isinstance(data, memoryview) else memoryview(data)
+
+    def _gone(self, url: str, err: StorageError) -> StorageError:
+        with self._lock:
+            self._missing[url] = err
+        return err

@@ -1,9 +1,11 @@
-"""What the loader knows before the first batch: manifests, shard health, tokenizer ids,
-label vocabularies. Read once per loader in the training process (cheap: JSON and HEADs).
+"""What the loader knows before the first batch: manifests, tokenizer ids, label
+vocabularies. Read once per loader in the training process (cheap: a few JSON files).
 
-A shard whose size differs from its manifest (truncated, replaced) or that is missing is
-excluded from the plan with a warning naming its URL. Every rank sees the same storage, so
-every rank excludes the same shards and the plans still agree.
+The plan is the manifests' and nothing else: a shard's health is decided by its content
+when it is read (a missing object, a short or corrupt sample; see loader.py), never by a
+request before the epoch that a throttled store may answer with an error. So every rank,
+every attempt and every resume plans the same samples. Only `data.verify_sha256`, which
+reads whole shards, excludes a shard up front, for what its bytes are.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Source:
     excluded: dict[str, str] = field(default_factory=dict)  # shard URL -> why
 
 
-def open_source(storage: Storage, url: str, weight: float, verify_sha256: bool) -> Source:
+def open_source(storage: Storage, cfg: DataConfig, url: str, weight: float) -> Source:
     m = load_manifest(storage, url)
     shard_urls = [join(url, s["name"]) for s in m["shards"]]
     samples = np.array([s["num_samples"] for s in m["shards"]], dtype=np.int64)
@@ -49,7 +51,9 @@ def open_source(storage: Storage, url: str, weight: float, verify_sha256: bool) 
     ]
     excluded = {}
     for i, (shard, surl) in enumerate(zip(m["shards"], shard_urls, strict=True)):
-        why = _shard_problem(storage, surl, shard, verify_sha256)
+        why = _sha256_problem(storage, surl, shard) if cfg.verify_sha256 else None
+        if why and cfg.on_corrupt == "fail":
+            raise ShardError(f"{surl}: {why} (data.on_corrupt=fail)")
         if why:
             excluded[surl] = why
             samples[i] = 0
@@ -66,26 +70,26 @@ def open_source(storage: Storage, url: str, weight: float, verify_sha256: bool) 
     )
 
 
-def _shard_problem(storage: Storage, url: str, shard: dict, verify_sha256: bool) -> str | None:
+def _sha256_problem(storage: Storage, url: str, shard: dict) -> str | None:
+    """What is wrong with a shard's bytes, or None. A store that keeps failing is not a
+    property of the shard: that error stops the run."""
+    digest = hashlib.sha256()
     try:
-        size = storage.size(url)
-    except StorageError as e:
-        return str(e).removeprefix(url + ": ")
-    if size != shard["bytes"]:
-        return f"{size} bytes, the manifest says {shard['bytes']} (truncated or replaced)"
-    if verify_sha256:
-        digest = hashlib.sha256()
         for chunk in storage.iter_chunks(url):
             digest.update(chunk)
-        if digest.hexdigest() != shard["sha256"]:
-            return "sha256 mismatch"
+    except StorageError as e:
+        if e.kind == "not_found":
+            return "not found"
+        raise
+    if digest.hexdigest() != shard["sha256"]:
+        return "sha256 mismatch"
     return None
 
 
 def open_sources(storage: Storage, cfg: DataConfig) -> list[Source]:
     if not cfg.sources:
         raise VlpdistError("data.sources: no shard set to stream")
-    sources = [open_source(storage, s.url, s.weight, cfg.verify_sha256) for s in cfg.sources]
+    sources = [open_source(storage, cfg, s.url, s.weight) for s in cfg.sources]
     first = sources[0].manifest
     for s in sources[1:]:
         for key in ("feature_dim",):

@@ -12,6 +12,16 @@ Workers are torch DataLoader processes; worker w builds rank-local batches w, w 
 and the DataLoader takes one batch from each worker in turn, so batches arrive in plan
 order whatever the number of workers. `Loader.state_dict()` is (epoch, consumed units);
 restoring it on any world size continues with exactly the units not yet consumed.
+
+Faults, by cause (nothing is lost silently, and every rank keeps its number of batches):
+- a store that keeps failing (retries up to `storage.retry` exhausted), or refuses access:
+  the run stops with one line naming the object; a transient error never costs a sample;
+- a shard object that is gone: its samples become flagged pads, the shard is named once
+  and counted in `skipped_shards`;
+- a truncated shard or a corrupt sample: flagged pads counted in `corrupt_samples`, or the
+  run stops naming the object with `data.on_corrupt: fail`.
+An error in a loader worker reaches the training process as the same one-line error, not
+as the worker's traceback.
 """
 
 from __future__ import annotations
@@ -22,19 +32,31 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlpdist.config import DataConfig, StorageConfig
 from vlpdist.data import plan as P
 from vlpdist.data.collate import Batch, Collator
-from vlpdist.data.decode import CorruptSample, decode
+from vlpdist.data.decode import CorruptSample, Decoded, decode
 from vlpdist.data.fetch import Fetcher
 from vlpdist.data.index import answer_vocab, genre_vocab, open_sources, token_info
-from vlpdist.errors import ShardError, VlpdistError
+from vlpdist.errors import ShardError, StorageError, VlpdistError
+from vlpdist.shards.schema import SNLI_LABELS
 from vlpdist.storage import Storage, is_local
 
 log = logging.getLogger(__name__)
 STAGES = ("fetch_s", "decode_s", "regions_s", "mask_s", "collate_s")
+COUNTERS = ("batches", "samples", "pad_samples", "bytes_read", "requests", "retries",
+            "corrupt_samples", "missing_samples")  # fmt: skip
+
+
+class _Failed:
+    """A user-facing error raised in a loader worker, handed to the training process as an
+    item (DataLoader would re-raise it wrapped in the worker's traceback text)."""
+
+    def __init__(self, error: VlpdistError):
+        self.error = error
 
 
 class _Done:
@@ -68,7 +90,7 @@ class ShardStream(IterableDataset):
         )  # fmt: skip
         self.epoch, self.consumed = 0, 0
         self._seq: tuple[int, np.ndarray] | None = None
-        self.skipped_shards = sum(len(s.excluded) for s in self.sources)
+        self._warned: set[str] = set()  # shards this process has warned about
 
     def sequence(self, epoch: int) -> np.ndarray:
         """The epoch's global sequence; kept for the current epoch (the loader, its length and
@@ -99,6 +121,12 @@ class ShardStream(IterableDataset):
         )
 
     def __iter__(self):
+        try:
+            yield from self._batches()
+        except VlpdistError as e:
+            yield _Failed(e)
+
+    def _batches(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         plan = self.rank_plan()
@@ -151,30 +179,63 @@ class ShardStream(IterableDataset):
         raw = fetcher.fetch(plan.entries[step], stats)
         entries, pad = plan.entries[step], plan.pad[step].copy()
         t0 = time.perf_counter()
-        items = []
-        for i, (e, data) in enumerate(zip(entries, raw, strict=True)):
+        items: list[Decoded | None] = []
+        for e, data in zip(entries, raw, strict=True):
+            url = self.sources[e[P.SOURCE]].shard_urls[e[P.SHARD]]
             try:
-                if isinstance(data, Exception):
-                    raise data
-                items.append(decode(data))
-            except (CorruptSample, VlpdistError) as err:
-                url = self.sources[e[P.SOURCE]].shard_urls[e[P.SHARD]]
+                items.append(self._decode(url, int(e[P.SAMPLE]), data, stats))
+            except CorruptSample as err:
                 if self.cfg.on_corrupt == "fail":
-                    raise ShardError(f"{url}: sample {e[P.SAMPLE]}: {err}") from None
-                log.warning("data: skipping sample %d of %s: %s", e[P.SAMPLE], url, err)
+                    raise ShardError(
+                        f"{url}: sample {e[P.SAMPLE]}: {err} (data.on_corrupt=fail)"
+                    ) from None
+                self._warn(url, f"corrupt samples skipped (sample {e[P.SAMPLE]}: {err})")
                 stats["corrupt_samples"] = stats.get("corrupt_samples", 0) + 1
                 items.append(None)
-                pad[i] = True  # replaced below by a good sample of the batch, flagged
+        lost = np.array([d is None for d in items])
+        pad |= lost  # replaced below by a good sample of the batch, flagged
         good = [d for d in items if d is not None]
-        if not good:
-            raise ShardError(f"{self.sources[0].url}: a whole batch was unreadable (step {step})")
-        items = [d if d is not None else good[0] for d in items]
+        # a batch with nothing readable still counts for the ranks' balance: all pads
+        fill = good[0] if good else self._blank(entries)
+        items = [d if d is not None else fill for d in items]
         stats["decode_s"] = time.perf_counter() - t0
         stats["samples"] = int((~pad).sum())
         stats["pad_samples"] = int(pad.sum())
         per_source = Counter(int(s) for s in entries[~pad, P.SOURCE])
         stats["per_source"] = {self.sources[k].name: v for k, v in per_source.items()}
         return items, pad, stats
+
+    def _decode(self, url: str, sample: int, data, stats: dict) -> Decoded | None:
+        """One sample, or None for a sample of a shard that is gone; CorruptSample for bytes
+        that are not the sample; a store that keeps failing raises (the run stops)."""
+        if isinstance(data, StorageError):
+            if data.kind == "not_found":
+                self._warn(url, "the shard object is gone; its samples are skipped")
+                stats.setdefault("missing_shards", {})[url] = str(data)
+                stats["missing_samples"] = stats.get("missing_samples", 0) + 1
+                return None
+            if data.kind == "short":
+                raise CorruptSample(str(data).removeprefix(f"{url}: "))
+            raise data
+        return decode(data)
+
+    def _blank(self, entries: np.ndarray) -> Decoded:
+        """A stand-in sample for a batch of which nothing could be read: one zero region and
+        empty texts, valid for every task's collation; always flagged as padding."""
+        c = self.collator
+        text = {"ids": [], "answers": [], "label": SNLI_LABELS[0], "genres": []}
+        return Decoded(
+            key="<unreadable>",
+            feats=np.zeros((1, c.dim), dtype=np.float16),
+            boxes=np.zeros((1, 4), dtype=np.float32),
+            cls_prob=np.zeros((1, c.cls_dim), dtype=np.float16) if c.cls_dim else None,
+            meta={"texts": [text] * max(1, int(entries[:, P.TEXT].max()) + 1)},
+        )
+
+    def _warn(self, url: str, what: str) -> None:
+        if url not in self._warned:  # once per shard, not once per sample
+            self._warned.add(url)
+            log.warning("data: %s: %s", url, what)
 
 
 class Loader:
@@ -192,6 +253,9 @@ class Loader:
         self.stream = ShardStream(cfg, storage_cfg, rank, world_size)
         self.world = world_size
         self._tel: dict = {"per_source": Counter()}
+        self._skipped: dict[str, str] = {
+            url: why for s in self.stream.sources for url, why in s.excluded.items()
+        }
         self._started = None
 
     @property
@@ -208,10 +272,17 @@ class Loader:
         loader = DataLoader(
             s, batch_size=None, num_workers=self.cfg.num_workers,
             prefetch_factor=2 if self.cfg.num_workers else None,
+            # its own generator: DataLoader draws a base seed per iterator, which must not
+            # come from (and advance) the global generator that dropout draws from, or a
+            # resumed run would not draw the masks of an uninterrupted one
+            generator=torch.Generator(),
         )  # fmt: skip
         self._started = self._started or time.perf_counter()
         t0 = time.perf_counter()
-        for _step, batch, delta in loader:
+        for item in loader:
+            if isinstance(item, _Failed):
+                raise item.error from None
+            _step, batch, delta = item
             self._tel["wait_s"] = self._tel.get("wait_s", 0.0) + time.perf_counter() - t0
             self._add(delta)
             s.consumed = min(epoch_len, s.consumed + self.cfg.batch_size * self.world)
@@ -224,8 +295,22 @@ class Loader:
         for k, v in delta.items():
             if k == "per_source":
                 self._tel["per_source"].update(v)
+            elif k == "missing_shards":
+                self._skipped.update(v)
             else:
                 self._tel[k] = self._tel.get(k, 0) + v
+
+    def skipped_shards(self) -> dict[str, str]:
+        """Shards of which nothing could be read, by URL, with why."""
+        return dict(self._skipped)
+
+    def counters(self) -> dict[str, float]:
+        """Cumulative numbers since the loader started, flat (what the trainer logs as
+        deltas): samples, pads, bytes, requests, retries, lost samples, seconds per stage."""
+        t = self._tel
+        out = {k: t.get(k, 0) for k in COUNTERS}
+        out.update({k: t.get(k, 0.0) for k in ("wait_s", "wait_prepare_s", *STAGES)})
+        return out
 
     def telemetry(self) -> dict:
         """Counters and stage timings since the loader started (a dict the trainer logs)."""
@@ -240,7 +325,8 @@ class Loader:
             "requests": t.get("requests", 0),
             "retries": t.get("retries", 0),
             "corrupt_samples": t.get("corrupt_samples", 0),
-            "skipped_shards": self.stream.skipped_shards,
+            "missing_samples": t.get("missing_samples", 0),
+            "skipped_shards": len(self._skipped),
             "seconds": {k: round(t.get(k, 0.0), 4) for k in ("wait_s", "wait_prepare_s", *STAGES)},
             "per_source": dict(t["per_source"]),
             "epoch": self.stream.epoch,
