@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from corrupt import copy_with_corrupt_sample
 from faultproxy import FaultProxy
 
 from vlpdist.config import Config, DataConfig, DataSource, RetryConfig, StorageConfig, load
@@ -264,13 +265,7 @@ def test_a_truncated_shard_loses_only_its_cut_samples_or_fails(world, tmp_path, 
 
 
 def test_corrupt_samples_become_flagged_padding_or_fail(world, tmp_path):
-    url = tmp_path / "coco"
-    shutil.copytree(world / "coco_like", url)
-    m = json.loads((url / "index.json").read_text())
-    shard = url / m["shards"][0]["name"]
-    raw = bytearray(shard.read_bytes())
-    raw[m["shards"][0]["offsets"][1] + 5] ^= 0xFF  # the 2nd sample's first tar header
-    shard.write_bytes(bytes(raw))
+    url, shard, m = copy_with_corrupt_sample(world / "coco_like", tmp_path / "coco")
     ld = Loader(cfg_for(url))
     got = epoch_units([ld])
     assert ld.telemetry()["corrupt_samples"] == 1
@@ -278,19 +273,14 @@ def test_corrupt_samples_become_flagged_padding_or_fail(world, tmp_path):
     with pytest.raises(ShardError, match=f"{shard}: sample 1: tar header checksum"):
         list(Loader(cfg_for(url, on_corrupt="fail")))
     # a flipped data byte keeps the size: only a sha256 check finds it, when asked
+    raw = bytearray(shard.read_bytes())
     raw[m["shards"][0]["offsets"][3] + 700] ^= 0x01
     shard.write_bytes(bytes(raw))
     assert Loader(cfg_for(url, verify_sha256=True)).telemetry()["skipped_shards"] == 1
 
 
 def test_an_error_in_a_loader_worker_is_the_same_one_line(world, tmp_path):
-    url = tmp_path / "coco"
-    shutil.copytree(world / "coco_like", url)
-    m = json.loads((url / "index.json").read_text())
-    shard = url / m["shards"][0]["name"]
-    raw = bytearray(shard.read_bytes())
-    raw[m["shards"][0]["offsets"][1] + 5] ^= 0xFF
-    shard.write_bytes(bytes(raw))
+    url, shard, _ = copy_with_corrupt_sample(world / "coco_like", tmp_path / "coco")
     for workers in (0, 2):
         with pytest.raises(ShardError) as info:
             list(Loader(cfg_for(url, on_corrupt="fail", num_workers=workers)))

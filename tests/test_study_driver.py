@@ -1,5 +1,7 @@
 """`vlpdist study` on a local Ray: the driver killed with SIGKILL mid-pretraining loses
-nothing; started again, it skips what finished and resumes the run from its checkpoint."""
+nothing; started again, it takes the study over, skips what finished and resumes the run
+from its checkpoint, and nothing of the dead driver writes a record meanwhile (passes five
+times in a row beside a CPU hog: `python -c "while True: pass"`)."""
 
 from __future__ import annotations
 
@@ -41,3 +43,10 @@ def test_a_killed_driver_restarted_continues_the_study(world, tmp_path):
     rec = json.loads((results / "pre-visual_bert-coco.json").read_text())
     assert rec["status"] == "done" and rec["steps"] == 300
     assert rec["provenance"]["resumes"][0]["from"].startswith(str(ckpts))
+    # the new driver (generation 2) revoked the run before it started it again: whatever the
+    # dead driver left running could not write after that
+    attempts = rec["provenance"]["attempts"]
+    claims = [a["claim"] for a in attempts]
+    assert claims == sorted(claims) and claims[0] == 1 and claims[-1] == 2
+    assert any(a.get("revoked") and a["claim"] == 2 for a in attempts)
+    assert json.loads((tmp_path / "tiny/driver.json").read_text())["generation"] == 2

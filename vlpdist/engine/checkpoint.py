@@ -7,6 +7,13 @@ DeepSpeed writes to a local directory, so every rank saves into a staging direct
 node and each node's first rank uploads what its ranks wrote; files are named by rank, so
 nodes never collide. Only then does rank 0 write the data state, the config and the marker.
 
+Every rank's random-number generators (torch CPU and CUDA, numpy, Python) are saved with the
+checkpoint (`rng/rank<r>.json`) and restored on resume, so a resumed run draws the same
+dropout masks as an uninterrupted one and ends bitwise equal to it on CPU.
+
+Only the attempt holding the run's lease (lease.py) commits: the lease is checked before the
+files are uploaded and before the marker, and the marker records the attempt's generation.
+
 Resuming on another world size: partitioned optimizer state (ZeRO >= 1, or bf16, whose
 optimizer DeepSpeed partitions too) is converted once per node with DeepSpeed's
 `ds_to_universal` and loaded as a universal checkpoint (`checkpoint.load_universal`).
@@ -15,24 +22,30 @@ optimizer DeepSpeed partitions too) is converted once per node with DeepSpeed's
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import io
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 import time
 
+import numpy as np
+import torch
 import torch.distributed as tdist
 import yaml
 
+from vlpdist.engine import lease as L
 from vlpdist.engine.dist import Dist
-from vlpdist.errors import VlpdistError
+from vlpdist.errors import StorageError, VlpdistError
 from vlpdist.storage import Storage, join
 
 log = logging.getLogger(__name__)
 COMMIT, DATA_STATE, CONFIG, TAG = "COMMITTED", "data_state.json", "config.yaml", "state"
+RNG = "rng"
 UNIVERSAL_TAG = "state_universal"
 # what must match for a checkpoint to be this run's: the model it trains
 SAME_MODEL = ("model", "task")
@@ -50,11 +63,17 @@ def node_staging(url: str, kind: str) -> str:
 
 
 def save(engine, dist: Dist, storage: Storage, run_url: str, step: int, state: dict,
-         config_yaml: str, keep_last: int) -> str:  # fmt: skip
+         config_yaml: str, keep_last: int, lease: L.Lease | None) -> str:  # fmt: skip
     url = step_url(run_url, step)
     staging = node_staging(url, "save")
     engine.save_checkpoint(staging, tag=TAG)
+    rng_file = os.path.join(staging, RNG, f"rank{dist.rank:05d}.json")
+    os.makedirs(os.path.dirname(rng_file), exist_ok=True)
+    with open(rng_file, "w") as f:
+        json.dump(rng_state(dist.device), f)
     tdist.barrier()
+    if dist.is_main and lease:
+        L.check(storage, lease, f"checkpoint {step}")
     if dist.local_rank == 0:
         for root, _, files in os.walk(staging):
             for name in files:
@@ -66,26 +85,77 @@ def save(engine, dist: Dist, storage: Storage, run_url: str, step: int, state: d
         storage.write_text(join(url, DATA_STATE), json.dumps(state))
         storage.write_text(join(url, CONFIG), config_yaml)
         marker = {"step": step, "world_size": dist.world, "time": time.time()}
+        if lease:
+            L.check(storage, lease, f"the commit marker of checkpoint {step}")
+            marker.update(generation=lease.generation, holder=lease.holder)
         storage.write_text(join(url, COMMIT), json.dumps(marker))
         prune(storage, run_url, keep_last)
     tdist.barrier()
     return url
 
 
-def committed(storage: Storage, run_url: str) -> list[tuple[int, str]]:
-    """(step, url) of every complete checkpoint, oldest first."""
+def _markers(storage: Storage, run_url: str) -> list[tuple[int, str, dict | None]]:
+    """(step, url, commit marker or None) of every checkpoint directory, oldest first."""
     out = []
     for child in storage.ls(join(run_url, "checkpoints")):
         name = child.rsplit("/", 1)[-1]
-        if name.isdigit() and storage.exists(join(child, COMMIT)):
-            out.append((int(name), child))
+        if not name.isdigit():
+            continue
+        try:
+            marker = json.loads(storage.read_text(join(child, COMMIT)))
+        except StorageError as e:
+            if e.kind != "not_found":
+                raise
+            marker = None
+        out.append((int(name), child, marker))
     return sorted(out)
 
 
+def committed(storage: Storage, run_url: str) -> list[tuple[int, str]]:
+    """(step, url) of every complete checkpoint that counts, oldest first: committed, by the
+    attempt that held the run at the time (lease.counts)."""
+    attempts = L.history(storage, run_url)
+    return [(step, url) for step, url, marker in _markers(storage, run_url)
+            if marker is not None and L.counts(marker, step, attempts)]  # fmt: skip
+
+
 def prune(storage: Storage, run_url: str, keep_last: int) -> None:
-    for _, url in committed(storage, run_url)[:-keep_last]:
+    """Keep the newest `keep_last` checkpoints that count; drop older ones and those a
+    taken-over attempt committed late (they never count)."""
+    attempts = L.history(storage, run_url)
+    marked = [(s, u, m) for s, u, m in _markers(storage, run_url) if m is not None]
+    valid = [u for s, u, m in marked if L.counts(m, s, attempts)]
+    stale = [u for s, u, m in marked if not L.counts(m, s, attempts)]
+    for url in valid[:-keep_last] + stale:
         storage.rm(join(url, COMMIT))  # uncommit first: a half-deleted one never counts
         storage.rm(url, recursive=True)
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every generator training draws from on this rank, as JSON (no pickle)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    out = {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(device).numpy().tobytes()
+        out["cuda"] = base64.b64encode(cuda).decode()
+    return out
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    def tensor(b64: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(b64)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["torch"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(tensor(state["cuda"]), device)
 
 
 def check_same_model(storage: Storage, url: str, config: dict) -> None:
@@ -115,9 +185,9 @@ def needs_universal(storage: Storage, url: str, world: int, cfg) -> bool:
     return marker["world_size"] != world and partitioned
 
 
-def load(engine, dist: Dist, storage: Storage, url: str, universal: bool) -> dict:
-    """Restore the engine from `url` (converted to a universal checkpoint first when the
-    world size changed); returns the saved data state."""
+def load(engine, dist: Dist, storage: Storage, url: str, universal: bool, seed: int) -> dict:
+    """Restore the engine and this rank's generators from `url` (converted to a universal
+    checkpoint first when the world size changed); returns the saved data state."""
     staging = node_staging(url, "load")
     tag = UNIVERSAL_TAG if universal else TAG
     if dist.local_rank == 0:
@@ -131,10 +201,27 @@ def load(engine, dist: Dist, storage: Storage, url: str, universal: bool) -> dic
     except (RuntimeError, KeyError, ValueError) as e:  # DeepSpeed's own words, first line
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise VlpdistError(f"{url}: cannot be loaded into this run's model ({first})") from None
+    data_state = json.loads(storage.read_text(join(url, DATA_STATE)))
+    rng_file = os.path.join(staging, RNG, f"rank{dist.rank:05d}.json")
+    if os.path.exists(rng_file):
+        with open(rng_file) as f:
+            set_rng_state(json.load(f), dist.device)
+    else:
+        # another world size (or a checkpoint from before generators were saved): a
+        # deterministic restart of the generators, not the uninterrupted run's draws
+        log.info("checkpoint: %s holds no generator state for rank %d; reseeding", url, dist.rank)
+        _reseed(seed, data_state["step"], dist.rank)
     tdist.barrier()
     if dist.local_rank == 0:
         shutil.rmtree(staging, ignore_errors=True)
-    return json.loads(storage.read_text(join(url, DATA_STATE)))
+    return data_state
+
+
+def _reseed(seed: int, step: int, rank: int) -> None:
+    s = int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
 
 
 def _to_universal(src: str, dst: str) -> None:

@@ -26,6 +26,7 @@ from vlpdist.config import Config, dump_yaml
 from vlpdist.data.index import download_tokenizer
 from vlpdist.data.loader import Loader
 from vlpdist.engine import checkpoint, exports, setup
+from vlpdist.engine import lease as L
 from vlpdist.engine.dist import Dist, init
 from vlpdist.engine.evaluate import Evaluator
 from vlpdist.engine.schedule import param_groups, warmup_linear
@@ -48,21 +49,38 @@ def data_dims(loader: Loader) -> DataDims:
 
 
 # Each entry takes the preflight's result when its caller already ran it (the CLI does, to
-# fail before the heavy imports); otherwise it runs the checks itself.
-def pretrain(cfg: Config, pre: setup.Preflight | None = None) -> dict:
-    return _run(cfg, pre or setup.preflight(cfg, "pretrain"))
+# fail before the heavy imports); otherwise it runs the checks itself. `claim` is the
+# generation of the study driver that started this attempt (lease.py), None for a run
+# started by hand.
+def pretrain(cfg: Config, pre: setup.Preflight | None = None, claim: int | None = None) -> dict:
+    return _run(cfg, pre or setup.preflight(cfg, "pretrain"), claim)
 
 
-def finetune(cfg: Config, pre: setup.Preflight | None = None) -> dict:
-    return _run(cfg, pre or setup.preflight(cfg, "finetune"))
+def finetune(cfg: Config, pre: setup.Preflight | None = None, claim: int | None = None) -> dict:
+    return _run(cfg, pre or setup.preflight(cfg, "finetune"), claim)
 
 
-def caption(cfg: Config, pre: setup.Preflight | None = None) -> dict:
+def caption(cfg: Config, pre: setup.Preflight | None = None, claim: int | None = None) -> dict:
     """Train a captioner (data.task caption); its export writes CCG captions (vlpdist.ccg)."""
-    return _run(cfg, pre or setup.preflight(cfg, "caption"))
+    return _run(cfg, pre or setup.preflight(cfg, "caption"), claim)
 
 
-def _run(cfg: Config, pre: setup.Preflight) -> dict:
+def _take_run(cfg: Config, dist: Dist, storage, run_url: str, claim: int | None):
+    """Rank 0 takes the run's lease and picks the checkpoint to resume from (the newest that
+    counts, read now, not at preflight); every rank gets both."""
+    msg: list = [None]
+    if dist.is_main:
+        found = checkpoint.committed(storage, run_url)
+        step, latest = found[-1] if found else (0, None)
+        universal = bool(latest) and checkpoint.needs_universal(storage, latest, dist.world, cfg)
+        info = {"from": latest, "world_size": dist.world, "universal": universal}
+        msg = [(L.acquire(storage, run_url, claim, step, info), latest, universal)]
+    if dist.world > 1:
+        torch.distributed.broadcast_object_list(msg, src=0)
+    return msg[0]
+
+
+def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
     import deepspeed
 
     # -- setup (the checks that need no process group ran in preflight)
@@ -70,7 +88,8 @@ def _run(cfg: Config, pre: setup.Preflight) -> dict:
     t_start = time.time()
     dist = init()
     torch.manual_seed(cfg.run.seed)
-    storage, run_url, latest = pre.storage, pre.run_url, pre.latest
+    storage, run_url = pre.storage, pre.run_url
+    lease, latest, universal = _take_run(cfg, dist, storage, run_url, claim)
     config_yaml = dump_yaml(cfg, redact=True)
     work = tempfile.TemporaryDirectory(prefix="vlpdist-run-")
 
@@ -94,56 +113,67 @@ def _run(cfg: Config, pre: setup.Preflight) -> dict:
                                   betas=tuple(o.betas), eps=o.eps)  # fmt: skip
     schedule = LambdaLR(optimizer, lambda s: warmup_linear(s, o.warmup_steps, o.total_steps))
     ds_config = setup.deepspeed_config(cfg, dist.world)
-    universal = bool(latest) and checkpoint.needs_universal(storage, latest, dist.world, cfg)
     if universal:
         ds_config["checkpoint"] = {"load_universal": True}
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                       config=ds_config)  # fmt: skip
-    state = {"step": 0, "resumes": [], "evals": [], "best": None}
+    state = {"step": 0, "evals": [], "best": None}
     if latest:
-        state.update(checkpoint.load(engine, dist, storage, latest, universal))
+        state.update(checkpoint.load(engine, dist, storage, latest, universal, cfg.run.seed))
         loader.load_state_dict(state.pop("data"))
-        state["resumes"] = [*state.get("resumes", []), {"from": latest, "world_size": dist.world,
-                                                       "universal": universal}]  # fmt: skip
+        state.pop("resumes", None)  # kept by checkpoints of older versions; attempts say it all
     tok_dir = None
     if dist.is_main:  # the export's tokenizer is the shard set's
         tok_dir = download_tokenizer(
             storage, loader.stream.sources[0], os.path.join(work.name, "tok")
         )
-    tel = Telemetry(
-        cfg, dist, storage, run_url, os.path.join(work.name, "logs"), flops, state["step"]
-    )
+    tel = Telemetry(cfg, dist, storage, run_url, os.path.join(work.name, "logs"), flops,
+                    state["step"], loader.counters)  # fmt: skip
     evaluator = Evaluator(cfg, dist, labels) if tuning else None
+    watchdog = L.Watchdog(storage, lease if dist.is_main else None)
 
     def hand_off(name: str, extra: dict) -> str:
+        if dist.is_main:
+            L.check(storage, lease, f"{name}/")
         return exports.export(engine, dist, storage, join(run_url, name), cfg, tok_dir, labels,
                               {"run": run_url, **extra})  # fmt: skip
 
     # -- fit
-    history = _fit(cfg, dist, engine, loader, storage, run_url, config_yaml, state, tel,
-                   evaluator, hand_off)  # fmt: skip
+    try:
+        history = _fit(cfg, dist, engine, loader, storage, run_url, config_yaml, state, tel,
+                       evaluator, hand_off, lease, watchdog)  # fmt: skip
+    finally:
+        watchdog.close()
     tel.close()
 
     # -- hand off
     out = {"run": run_url, "rank": dist.rank, "steps": engine.global_steps, "history": history,
-           "resumed_from": state["resumes"][-1]["from"] if state["resumes"] else None}  # fmt: skip
+           "resumed_from": latest}  # fmt: skip
     if not tuning:
         out["export"] = hand_off("export", {"step": state["step"]})
-    record = _record(cfg, dist, loader, evaluator, state, tel, out, init_info, t_start)
     url = (
         join(cfg.run.results, f"{cfg.run.name}.json")
         if cfg.run.results
         else join(run_url, "result.json")
     )
+    skipped: list = [None] * dist.world  # shards of which nothing could be read, any rank
+    torch.distributed.all_gather_object(skipped, loader.skipped_shards())
+    record = None
     if dist.is_main:
+        attempts = list(L.history(storage, run_url).values())
+        record = _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempts)
+        record["throughput"]["data"]["skipped_shards"] = {
+            u: w for d in skipped for u, w in d.items()
+        }
+        L.check(storage, lease, "the result record")
         storage.write_text(url, json.dumps(record, indent=1))
     torch.distributed.barrier()
     work.cleanup()
-    return {**out, "record": url, "metric": record["metric"]}
+    return {**out, "record": url, "metric": record["metric"] if record else None}
 
 
 def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml, state, tel,
-         evaluator, hand_off) -> list:  # fmt: skip
+         evaluator, hand_off, lease, watchdog) -> list:  # fmt: skip
     """Updates until optim.total_steps; evaluation every eval.every (fine-tuning), a
     checkpoint every run.checkpoint_every."""
     r, history, task = cfg.run, [], cfg.data.task
@@ -151,9 +181,8 @@ def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml,
     step = state["step"]
     tel.resume()
     while step < cfg.optim.total_steps:
-        t0 = time.perf_counter()
         for batch in loader:
-            wait = time.perf_counter() - t0
+            watchdog.raise_if_fenced()
             trace(step + 1, batch)
             batch = batch.to(dist.device)
             out = engine(**model_inputs(batch))
@@ -163,12 +192,11 @@ def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml,
                 losses = {"caption": caption_loss(out["caption"], batch)}
             else:
                 losses = {"task": task_loss(task, out["logits"], batch)}
-            tel.micro(batch, wait, losses)
+            tel.micro(batch, losses)
             engine.backward(sum(losses.values()))
             # read before step(): DeepSpeed advances its micro-step counter inside step()
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
-            t0 = time.perf_counter()
             if not boundary:
                 continue
             step += 1
@@ -185,13 +213,12 @@ def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml,
             if r.checkpoint_every and step % r.checkpoint_every == 0:
                 saved = {**state, "data": loader.state_dict()}
                 checkpoint.save(
-                    engine, dist, storage, run_url, step, saved, config_yaml, r.keep_last
+                    engine, dist, storage, run_url, step, saved, config_yaml, r.keep_last, lease
                 )
                 tel.flush()
                 tel.resume()
             if last:
                 break
-            t0 = time.perf_counter()
     return history
 
 
@@ -233,7 +260,7 @@ def _shards(loader: Loader) -> list[dict]:
     return out
 
 
-def _record(cfg, dist, loader, evaluator, state, tel, out, init_info, t_start) -> dict:
+def _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempts) -> dict:
     """The run's JSON result record: enough to rebuild every table and plot."""
     h = out["history"]
     if evaluator:
@@ -270,7 +297,8 @@ def _record(cfg, dist, loader, evaluator, state, tel, out, init_info, t_start) -
             "init_from_run": (init_info or {}).get("extra", {}).get("run"),
             "shards": _shards(loader),
             "eval_shards": _shards(evaluator.loader) if evaluator else [],
-            "resumes": state["resumes"],
+            "attempts": attempts,  # every start of this run, revocations by a driver included
+            "resumes": [a for a in attempts if a.get("from")],
             "vlpdist": __version__,
         },
         "seconds": round(time.time() - t_start, 2),

@@ -1,5 +1,7 @@
 """What a run tells while it trains: throughput (samples/s, tokens/s), the fraction of time
-spent waiting for data, MFU, loss and metric curves, the loader's per-stage timings.
+spent waiting for data, MFU, loss and metric curves, and the loader's own figures (bytes,
+requests, retries, corrupt and missing samples, seconds per stage), summed over ranks.
+Data wait is the loader's measure (time the loop waited for a batch), taken once.
 
 Rank 0 writes `metrics.jsonl` (one JSON object per log step and per evaluation) and
 TensorBoard events into `<run>/logs/`; for a run on object storage they are written to a
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -50,8 +53,12 @@ class Telemetry:
     """Accumulates per-update figures; every `log_every` updates writes a record."""
 
     def __init__(self, cfg, dist, storage: Storage, run_url: str, local_dir: str,
-                 flops_per_sample: int, start_step: int):  # fmt: skip
+                 flops_per_sample: int, start_step: int,
+                 data_counters: Callable[[], dict[str, float]]):  # fmt: skip
         self.cfg, self.dist, self.storage = cfg, dist, storage
+        self.data_counters = data_counters  # the loader's cumulative figures, this rank
+        self._data_seen = data_counters()
+        self.data_total: dict[str, float] = {}  # summed over ranks and log windows
         self.remote_url = None if is_local(run_url) else join(run_url, "logs")
         self.dir = os.path.join(run_url, "logs") if is_local(run_url) else local_dir
         self.flops = flops_per_sample
@@ -77,7 +84,7 @@ class Telemetry:
     def _zero() -> dict:
         return {"updates": 0, "samples": 0, "tokens": 0, "wait_s": 0.0, "seconds": 0.0}
 
-    def micro(self, batch, wait_s: float, losses: dict) -> None:
+    def micro(self, batch, losses: dict) -> None:
         """One micro-batch on this rank: real samples, real text tokens + regions, losses
         (an update logs the mean over its micro-batches, not the last one's)."""
         for k, v in losses.items():
@@ -88,7 +95,6 @@ class Telemetry:
         for acc in (self.window, self.total):
             acc["samples"] += int(real.sum())
             acc["tokens"] += tokens
-            acc["wait_s"] += wait_s
 
     def resume(self) -> None:
         """Start timing the next update now (after evaluation, checkpoints, start-up)."""
@@ -110,13 +116,26 @@ class Telemetry:
             self.bar.update(1)
         if not log_now:
             return None
-        vals = torch.stack(list(losses.values())).to(self.dist.device) / n
+        now_data = self.data_counters()
+        names = list(now_data)
+        delta = [now_data[k] - self._data_seen.get(k, 0) for k in names]
+        self._data_seen = now_data
+        # one small all_reduce: losses averaged, the loader's figures summed over ranks
+        vals = torch.tensor(
+            [float(v) / n for v in losses.values()] + delta, dtype=torch.float64
+        ).to(self.dist.device)
         if self.dist.world > 1:
             torch.distributed.all_reduce(vals)
-            vals /= self.dist.world
-        rec = {"step": step, "loss": float(vals.sum()),
-               **{k: float(v) for k, v in zip(losses, vals.tolist(), strict=True)},
-               "lr": lr, **self.rates(self.window)}  # fmt: skip
+        k = len(losses)
+        loss_vals = (vals[:k] / self.dist.world).tolist()
+        data = {name: _number(v) for name, v in zip(names, vals[k:].tolist(), strict=True)}
+        for name, v in data.items():
+            self.data_total[name] = self.data_total.get(name, 0) + v
+        for acc in (self.window, self.total):
+            acc["wait_s"] += data.get("wait_s", 0.0) / self.dist.world  # a rank's mean wait
+        rec = {"step": step, "loss": sum(loss_vals),
+               **dict(zip(losses, loss_vals, strict=True)),
+               "lr": lr, **self.rates(self.window), "data": data}  # fmt: skip
         self.window = self._zero()
         if self.main:
             self.write(rec, "train")
@@ -147,11 +166,16 @@ class Telemetry:
         for k, v in rec.items():
             if k != "step" and isinstance(v, int | float):
                 self.tb.add_scalar(f"{kind}/{k}", v, rec["step"])
+            elif isinstance(v, dict):  # the loader's figures: data/bytes_read, ...
+                for sub, x in v.items():
+                    if isinstance(x, int | float):
+                        self.tb.add_scalar(f"{kind}/{k}/{sub}", x, rec["step"])
 
     def summary(self) -> dict:
         return {**self.rates(self.total), "updates": self.total["updates"],
                 "flops_per_sample": self.flops, "peak_tflops": self.peak,
-                "world_size": self.dist.world, "device": str(self.dist.device.type)}  # fmt: skip
+                "world_size": self.dist.world, "device": str(self.dist.device.type),
+                "data": {k: _number(v) for k, v in self.data_total.items()}}  # fmt: skip
 
     def flush(self) -> None:
         """Logs of a remote run to <run>/logs/ (checkpoints and the end)."""
@@ -167,3 +191,8 @@ class Telemetry:
             self.flush()
             self.tb.close()
             self.bar.close()
+
+
+def _number(v: float) -> int | float:
+    """Counts as ints, seconds rounded (they were summed as floats over ranks)."""
+    return int(round(v)) if float(v).is_integer() else round(v, 4)

@@ -30,6 +30,11 @@ class RunSpec:
     depends: str | None = None  # the pretraining run whose export this run starts from
     labels: dict = dataclasses.field(default_factory=dict)  # grid coordinates, for reports
 
+    @property
+    def url(self) -> str:
+        """The run's directory: checkpoints, exports, its lease and its own record."""
+        return join(self.cfg.run.output, self.name)
+
 
 def _absolute(url: str) -> str:
     """Relative local paths are the driver's: Ray workers run in other directories."""
@@ -38,10 +43,6 @@ def _absolute(url: str) -> str:
 
 def study_root(cfg: Config) -> str:
     return join(_absolute(cfg.run.output), cfg.study.name)
-
-
-def results_url(cfg: Config) -> str:
-    return join(study_root(cfg), "results")
 
 
 def _frac(f: float) -> str:
@@ -65,7 +66,9 @@ def _resources(res: StudyResources) -> list[str]:
 def plan(cfg: Config) -> list[RunSpec]:
     """Every run of the study, pretraining runs first, in a stable order."""
     s, root = cfg.study, study_root(cfg)
-    common = [f"run.output={join(root, 'runs')}", f"run.results={results_url(cfg)}"]
+    # each run writes its own record into its run directory; the driver, the only writer
+    # of <study>/results/, adds the study's labels there (results.py)
+    common = [f"run.output={join(root, 'runs')}"]
     runs: list[RunSpec] = []
     exports: list[tuple[str, str | None, dict]] = []  # (export name, pretraining run, labels)
     for arch in s.architectures:
@@ -80,7 +83,7 @@ def plan(cfg: Config) -> list[RunSpec]:
                 overrides = [*s.pretrain_overrides, *common, *_resources(s.pretrain_resources),
                              f"model.arch={arch}", f"data.sources={_sources(s.shards, sources)}",
                              f"data.fraction={frac}", f"run.name={name}"]  # fmt: skip
-                run_cfg = _build(cfg, s.pretrain_config, overrides)
+                run_cfg = _build(cfg, s.pretrain_config, overrides, "pretrain")
                 runs.append(RunSpec(name, "pretrain", run_cfg, s.pretrain_resources, None, labels))
                 exports.append((set_name, name, labels))
     for set_name, pre, labels in exports:
@@ -103,7 +106,7 @@ def plan(cfg: Config) -> list[RunSpec]:
                                      f"data.seed={seed}", f"run.init_from={init}",
                                      f"model.freeze_base={str(mode == 'frozen').lower()}",
                                      f"run.name={name}"]  # fmt: skip
-                        run_cfg = _build(cfg, s.finetune_config, overrides)
+                        run_cfg = _build(cfg, s.finetune_config, overrides, "finetune")
                         run_labels = {**labels, "task": task_name, "mode": mode,
                                       "train_fraction": frac, "seed": seed}  # fmt: skip
                         runs.append(RunSpec(name, "finetune", run_cfg, s.finetune_resources, pre,
@@ -111,8 +114,8 @@ def plan(cfg: Config) -> list[RunSpec]:
     return runs
 
 
-def _build(study_cfg: Config, base: str, overrides: list[str]) -> Config:
+def _build(study_cfg: Config, base: str, overrides: list[str], command: str) -> Config:
     """A run's config: the base file, the study's overrides, then the study's storage (the
     study decides where everything lives and with which credentials)."""
-    cfg = load(Config, base, overrides)
+    cfg = load(Config, base, overrides, command=command)
     return dataclasses.replace(cfg, storage=study_cfg.storage)

@@ -1,7 +1,12 @@
 """The study's results store on any storage URL: one JSON record per run under
-`<study>/results/<run>.json`, written by the engine when a run finishes (status "done") or
-by the study driver when it gives up on one (status "failed", with the error). A run with a
-record is not run again (failed ones only with --retry-failed).
+`<study>/results/<run>.json`, status "done" (the engine's record of the run, with the
+study's labels) or "failed" (with the error). A run with a record is not run again (failed
+ones only with --retry-failed).
+
+Only the study's current driver writes here. A driver takes the study over when it starts
+(`<study>/driver.json`, a generation and a token of its own) and checks that it still holds
+it before every record and heartbeat: a driver that another one took over stops instead of
+writing. Its runs are fenced by their own leases (vlpdist.engine.lease).
 
 The driver also keeps `<study>/status.json` fresh while it runs (which runs are in flight,
 a heartbeat), so `vlpdist study status` can tell running from interrupted.
@@ -10,18 +15,60 @@ a heartbeat), so `vlpdist study status` can tell running from interrupted.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+import uuid
 
+from vlpdist.errors import StorageError, VlpdistError
 from vlpdist.storage import Storage, join
 from vlpdist.study.grid import RunSpec
 
 HEARTBEAT_S = 10.0  # the driver rewrites status.json at least this often
+DRIVER = "driver.json"
+
+
+def failed(spec: RunSpec, error: str, seconds: float, timing: dict) -> dict:
+    """The record of a run that failed (or could not start), with its error."""
+    return {"run": spec.name, "kind": spec.kind, "status": "failed", "error": error,
+            "labels": spec.labels, "seconds": round(seconds, 2), "timing": timing}  # fmt: skip
 
 
 class Results:
     def __init__(self, storage: Storage, root: str):
         self.storage, self.root = storage, root
         self.url = join(root, "results")
+        self.driver: dict | None = None  # this driver's hold on the study, once taken
+
+    def take_over(self) -> int:
+        """Hold the study from now on; returns this driver's generation."""
+        cur = self._read_driver() or {}
+        self.driver = {"generation": cur.get("generation", 0) + 1, "token": uuid.uuid4().hex,
+                       "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}  # fmt: skip
+        self.storage.write_text(join(self.root, DRIVER), json.dumps(self.driver))
+        return self.driver["generation"]
+
+    def _read_driver(self) -> dict | None:
+        try:
+            return json.loads(self.storage.read_text(join(self.root, DRIVER)))
+        except StorageError as e:
+            if e.kind == "not_found":
+                return None
+            raise
+
+    def check(self) -> None:
+        """Raise unless this driver still holds the study."""
+        cur = self._read_driver() or {}
+        if self.driver is None or cur.get("token") != self.driver["token"]:
+            raise VlpdistError(
+                f"{self.root}: another study driver took over (generation "
+                f"{cur.get('generation')}, {cur.get('host')} pid {cur.get('pid')}); this one "
+                "stops without writing"
+            )
+
+    def write(self, name: str, record: dict) -> None:
+        self.check()
+        self.storage.write_text(self.record_url(name), json.dumps(record, indent=1))
 
     def record_url(self, name: str) -> str:
         return join(self.url, f"{name}.json")
@@ -39,13 +86,8 @@ class Results:
                 out[name] = {"status": "failed", "error": f"{url}: unreadable record ({e.msg})"}
         return out
 
-    def fail(self, spec: RunSpec, error: str, seconds: float, timing: dict) -> dict:
-        record = {"run": spec.name, "kind": spec.kind, "status": "failed", "error": error,
-                  "labels": spec.labels, "seconds": round(seconds, 2), "timing": timing}  # fmt: skip
-        self.storage.write_text(self.record_url(spec.name), json.dumps(record, indent=1))
-        return record
-
     def heartbeat(self, running: list[str], counts: dict) -> None:
+        self.check()
         state = {"time": time.time(), "running": running, "counts": counts}
         self.storage.write_text(join(self.root, "status.json"), json.dumps(state))
 

@@ -10,6 +10,10 @@ resumes from the run's last complete checkpoint. A run that keeps failing is rec
 failed with its error, and the study goes on. Killing the driver loses nothing: rerunning
 the command skips finished runs and resumes interrupted ones from their checkpoints.
 
+One writer per run: a new driver takes the study over (results.py) and revokes the lease of
+every run it is about to schedule (vlpdist.engine.lease), so what a dead driver left running
+stops at its next lease check, before it writes; only the driver writes study records.
+
 With no RAY_ADDRESS it starts a local Ray on a loopback address; with RAY_ADDRESS, or
 under `ray job submit`, it joins that cluster. This package is the only one importing ray.
 """
@@ -29,11 +33,11 @@ import uuid
 import ray
 
 from vlpdist.config import Config
-from vlpdist.engine import setup
+from vlpdist.engine import checkpoint, lease, setup
 from vlpdist.errors import VlpdistError
-from vlpdist.storage import Storage
+from vlpdist.storage import Storage, join
 from vlpdist.study.grid import RunSpec, plan, study_root
-from vlpdist.study.results import HEARTBEAT_S, Results, states, table
+from vlpdist.study.results import HEARTBEAT_S, Results, failed, states, table
 
 log = logging.getLogger(__name__)
 LOCAL_IP = "127.0.0.2"  # a local Ray's node address: loopback, and one Ray keeps as given
@@ -44,7 +48,7 @@ def _train_worker(config: dict) -> None:
     Train sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR and the process group)."""
     from vlpdist.engine import loop
 
-    getattr(loop, config["kind"])(config["cfg"], config.get("pre"))
+    getattr(loop, config["kind"])(config["cfg"], config.get("pre"), config["claim"])
 
 
 def _one_line(e: BaseException) -> str:
@@ -73,14 +77,15 @@ def _in_task(spec: RunSpec) -> bool:
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> dict:
+def _execute(spec: RunSpec, claim: int, max_failures: int, submitted: float) -> dict:
     """One run: preflight (bad input fails at once, without retries), then the engine in
-    this process (`_in_task`) or as a Ray Train job."""
+    this process (`_in_task`) or as a Ray Train job. Returns the run's record; the driver
+    writes it (a task of a driver that died never does)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.time()
-    results = Results(Storage(spec.cfg.storage), root)
+    storage = Storage(spec.cfg.storage)
     timing = {"submitted": submitted, "started": started}
     r = spec.resources
     try:
@@ -93,13 +98,13 @@ def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> d
                 # environment carries (a driver that trained in-process has RANK and a port)
                 for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
                     os.environ.pop(k, None)
-            _train_worker({"cfg": spec.cfg, "kind": spec.kind, "pre": pre})
-            return _finish(spec, results, started, timing)
+            _train_worker({"cfg": spec.cfg, "kind": spec.kind, "pre": pre, "claim": claim})
+            return _finish(spec, storage, started, timing)
         gpu = r.gpus_per_worker > 0
         per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if gpu else {})}
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"cfg": spec.cfg, "kind": spec.kind},
+            train_loop_config={"cfg": spec.cfg, "kind": spec.kind, "claim": claim},
             scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=gpu,
                                          resources_per_worker=per_worker),
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
@@ -111,25 +116,24 @@ def _execute(spec: RunSpec, root: str, max_failures: int, submitted: float) -> d
             ),
         )  # fmt: skip
         trainer.fit()
-        return _finish(spec, results, started, timing)
+        return _finish(spec, storage, started, timing)
     except Exception as e:  # noqa: BLE001 - every failure becomes the run's record
-        return results.fail(spec, _one_line(e), time.time() - started, timing)
+        return failed(spec, _one_line(e), time.time() - started, timing)
 
 
-def _finish(spec: RunSpec, results: Results, started: float, timing: dict) -> dict:
+def _finish(spec: RunSpec, storage: Storage, started: float, timing: dict) -> dict:
     """The engine's record of a finished run, with the study's labels, timing and drift."""
-    record = json.loads(results.storage.read_text(results.record_url(spec.name)))
+    record = json.loads(storage.read_text(join(spec.url, "result.json")))
     if spec.kind == "finetune" and spec.depends and record.get("provenance", {}).get("best"):
         from vlpdist.analysis.drift import drift, summary
 
         try:  # how far fine-tuning moved the pretrained weights, layer by layer
             best = record["provenance"]["best"]
-            record["drift"] = summary(drift(spec.cfg.run.init_from, best, results.storage))
+            record["drift"] = summary(drift(spec.cfg.run.init_from, best, storage))
         except VlpdistError as e:
             record["drift"] = {"error": str(e)}
     record["study"] = {"labels": spec.labels, "run_s": round(time.time() - started, 2),
                        "timing": {**timing, "finished": time.time()}}  # fmt: skip
-    results.storage.write_text(results.record_url(spec.name), json.dumps(record, indent=1))
     return record
 
 
@@ -177,6 +181,8 @@ def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) ->
                "skipped": len(grid) - len(todo), "executed": 0}  # fmt: skip
     if not todo:
         return {**summary, "rows": states(grid, records, [])}
+    claim = results.take_over()
+    _revoke(todo, claim)
     summary["ray"] = connect()
     capacity = ray.cluster_resources()
     total = (capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
@@ -202,9 +208,8 @@ def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) ->
             if dep.get("status") != "done":
                 pending.remove(spec)
                 error = f"pretraining run {spec.depends} failed: {dep.get('error', '')}"
-                records[spec.name] = results.fail(
-                    spec, error[:500], 0.0, {"submitted": time.time()}
-                )
+                records[spec.name] = failed(spec, error[:500], 0.0, {"submitted": time.time()})
+                results.write(spec.name, records[spec.name])
                 bar.update(1)
                 continue
             cpu, gpu = _need(spec)
@@ -213,7 +218,7 @@ def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) ->
             pending.remove(spec)
             opts = {"num_cpus": cpu, "num_gpus": gpu, "max_retries": cfg.study.max_failures}
             task = _execute.options(**opts) if _in_task(spec) else _execute
-            running[task.remote(spec, root, cfg.study.max_failures, time.time())] = spec
+            running[task.remote(spec, claim, cfg.study.max_failures, time.time())] = spec
             used = [used[0] + cpu, used[1] + gpu]
         if time.time() - last_beat > HEARTBEAT_S / 2:
             results.heartbeat([s.name for s in running.values()], {"done": len(done_names)})
@@ -224,6 +229,7 @@ def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) ->
         for ref in ready:
             spec = running.pop(ref)
             rec = ray.get(ref)
+            results.write(spec.name, rec)
             records[spec.name] = rec
             done_names.add(spec.name)
             summary["executed"] += 1
@@ -236,6 +242,16 @@ def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) ->
     results.heartbeat([], {"done": len(done_names)})
     summary["makespan_s"] = round(time.time() - t0, 2)
     return {**summary, "rows": states(grid, records, [])}
+
+
+def _revoke(todo: list[RunSpec], claim: int) -> None:
+    """Claim every run about to be scheduled that an earlier driver started: whatever of it
+    still runs stops at its next lease check."""
+    for spec in todo:
+        storage = Storage(spec.cfg.storage)
+        if lease.read(storage, spec.url) is not None:
+            found = checkpoint.committed(storage, spec.url)
+            lease.revoke(storage, spec.url, claim, found[-1][0] if found else 0)
 
 
 def _bar(total: int, initial: int, enabled: bool):
