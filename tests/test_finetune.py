@@ -77,6 +77,11 @@ def test_finetune_from_the_export_full_and_frozen(world, export, tmp_path, run_c
         rec["metric"]["name"] == "vqa_accuracy" and rec["metric"]["value"] == best["vqa_accuracy"]
     )
     assert 0 <= rec["metric"]["value"] <= 1
+    for e in rec["evals"]:  # every evaluation also with regions shuffled between samples
+        assert e["image_shuffle_gap"] == e["vqa_accuracy"] - e["vqa_accuracy_shuffled"]
+    assert rec["metric"]["shuffled"] == best["vqa_accuracy_shuffled"]
+    assert rec["metric"]["image_shuffle_gap"] == best["image_shuffle_gap"]
+    assert rec["metric"]["text_only"] is False
     assert rec["provenance"]["init_from"] == str(export)
     assert rec["provenance"]["init_from_run"] == str(export.parent)
     assert [s["url"] for s in rec["provenance"]["eval_shards"]] == [str(world / "vqa_val")]
@@ -109,6 +114,15 @@ def test_finetune_from_scratch_and_resume_keeps_the_best(world, tmp_path, run_cl
     assert again["metric"] == r["metric"]  # the evaluation history came back with the state
     rec = json.loads(Path(again["record"]).read_text())
     assert rec["provenance"]["init_from"] is None and len(rec["provenance"]["resumes"]) == 1
+
+
+def test_the_text_only_control_sees_no_regions(world, tmp_path, run_cli):
+    r = ok(run_cli(*finetune_args(world, str(tmp_path), "run.init_from=null",
+                                  "data.text_only=true")))  # fmt: skip
+    rec = json.loads(Path(r["record"]).read_text())
+    assert rec["metric"]["text_only"] is True and rec["config"]["data"]["text_only"] is True
+    # no image, nothing for a shuffle to change: the same score, exactly
+    assert all(e["image_shuffle_gap"] == 0.0 for e in rec["evals"]) and len(rec["evals"]) == 2
 
 
 def test_bad_init_from_is_one_line(world, export, tmp_path, run_cli):

@@ -122,7 +122,7 @@ def test_tables_csv_and_plots(tmp_path):
     assert cell.std == pytest.approx(0.0180278, abs=1e-6)
     md = (out / "report.md").read_text()
     assert "## visual_bert · full · 10% of train" in md
-    assert "| coco | 81.5 ± 1.8 (n=3) | 61.5 ± 1.8 (n=3) |" in md
+    assert "| coco | 81.5 ± 1.8 (n=3) |  | 61.5 ± 1.8 (n=3) |  |" in md  # no controls recorded
 
     # the failed run: counted apart from the seeds that finished, and named with its error
     frozen_small = tabs[3]
@@ -223,3 +223,58 @@ def test_remote_study_root(s3):
     assert result["markdown"] == join(root, "report", "report.md")
     assert "## visual_bert · full · 100% of train" in storage.read_text(result["markdown"])
     assert storage.read_bytes(result["plots"][0])[:8] == PNG
+
+
+def test_controls_beside_every_table(tmp_path):
+    """Each run's score with shuffled regions beside it, the text-only control as a row, and
+    "not grounded" where the shuffle costs no more than the spread over seeds."""
+    gaps = {"coco": (0.10, 0.12, 0.11), "cc": (0.00, 0.02, -0.01), "scratch": (0.0, 0.0, 0.0)}
+    records = []
+    for pretrain, per_seed in [*gaps.items(), ("text-only", (None,) * 3)]:
+        for seed, gap in enumerate(per_seed):
+            value = 0.5 + 0.01 * seed
+            metric = {"name": "vqa_accuracy", "value": value, "step": 10,
+                      "shuffled": None if gap is None else value - gap,
+                      "image_shuffle_gap": gap, "text_only": gap is None}  # fmt: skip
+            lab = {"arch": "visual_bert", "pretrain": pretrain, "task": "vqa", "mode": "full",
+                   "train_fraction": 0.1, "seed": seed,
+                   "pretrain_fraction": 0.0 if pretrain in ("scratch", "text-only") else 1.0}  # fmt: skip
+            records.append({"run": f"ft-{pretrain}-s{seed}", "kind": "finetune",
+                            "status": "done", "metric": metric, "study": {"labels": lab}})  # fmt: skip
+    write_records(tmp_path / "s", records)
+    rp.report(str(tmp_path / "s"))
+    (t,) = rp.tables(records)
+    assert [label for label, _ in t.rows] == ["scratch", "text-only", "cc", "coco"]
+    cells = {label: c["vqa"] for label, c in t.rows}
+    assert cells["coco"].grounded is True and cells["coco"].gap == pytest.approx(0.11)
+    assert cells["cc"].grounded is False  # a mean gap of 0.33 points, spread 3 points
+    assert cells["scratch"].grounded is False and cells["text-only"].grounded is None
+    md = (tmp_path / "s/report/report.md").read_text()
+    assert "| pretraining | vqa | vqa · shuffled regions |" in md
+    assert "| coco | 51.0 ± 1.0 (n=3) | 40.0 (-11.0) |" in md
+    assert "| cc | 51.0 ± 1.0 (n=3) · not grounded | 50.7 (-0.3) |" in md
+    assert "| text-only | 51.0 ± 1.0 (n=3) | no regions |" in md
+    text = (tmp_path / "s/report/results.csv").read_text()
+    rows = {r["pretrain"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert rows["coco"]["grounded"] == "true" and rows["cc"]["grounded"] == "false"
+    assert rows["text-only"]["grounded"] == "" and float(rows["coco"]["gap_mean"]) == 0.11
+
+
+def test_grounding_of_each_pretrained_model(tmp_path):
+    records = grid_records()
+    kinds = {"object": (0.6, 0.1), "color": (0.4, 0.2), "size": (0.5, 0.5), "count": (0.3, 0.3)}
+    for rec in records:
+        if rec["kind"] == "pretrain" and rec["study"]["labels"]["pretrain"] == "coco":
+            rec["grounding"] = {"kinds": {k: {"true": t, "shuffled": s, "gap": t - s, "words": 9}
+                                          for k, (t, s) in kinds.items()},
+                                "itm": {"true": 0.9, "shuffled": 0.8}}  # fmt: skip
+    write_records(tmp_path / "study", records)
+    result = rp.report(str(tmp_path / "study"))
+    md = (tmp_path / "study/report/report.md").read_text()
+    assert "## Grounding of the pretrained models" in md
+    assert "| coco | 60.0 / 10.0 (+50.0) | 40.0 / 20.0 (+20.0) | 50.0 / 50.0 (+0.0) |" in md
+    section = md[md.index("## Grounding") :]
+    assert "| coco |" in section and "| cc" not in section  # cc's export carries no probe
+    plot = tmp_path / "study/report/plots/grounding-visual_bert.png"
+    assert plot.read_bytes().startswith(PNG)
+    assert any(u.endswith("plots/grounding-visual_bert.png") for u in result["plots"])

@@ -95,13 +95,14 @@ def test_ray_job_submit_runs_the_study_and_a_bad_run_fails_alone(cluster):
     assert cluster["AWS_SECRET_ACCESS_KEY"] not in out  # settings travel, never printed
     s = summary(job.stdout)
     # ft-...-bad never starts: its pretraining failed, it is recorded as failed at once
-    assert (s["runs"], s["executed"], s["skipped"]) == (5, 4, 0)
+    assert (s["runs"], s["executed"], s["skipped"]) == (6, 5, 0)
     recs = records(cluster, "tiny")
     status = {name: r["status"] for name, r in recs.items()}
     assert status == {
         "pre-visual_bert-coco": "done", "pre-visual_bert-bad": "failed",
         "ft-visual_bert-coco-vqa-full-50pct-s0": "done",
         "ft-visual_bert-scratch-vqa-full-50pct-s0": "done",
+        "ft-visual_bert-text-only-vqa-full-50pct-s0": "done",
         "ft-visual_bert-bad-vqa-full-50pct-s0": "failed",
     }  # fmt: skip
     assert "s3://vlpdist/nope: no shard set there" in recs["pre-visual_bert-bad"]["error"]
@@ -111,6 +112,10 @@ def test_ray_job_submit_runs_the_study_and_a_bad_run_fails_alone(cluster):
     ft = recs["ft-visual_bert-coco-vqa-full-50pct-s0"]
     assert ft["provenance"]["init_from"] == export and ft["drift"]["mean_angle_deg"] > 0
     assert ft["study"]["labels"]["pretrain"] == "coco"
+    assert isinstance(ft["metric"]["shuffled"], float) and "image_shuffle_gap" in ft["metric"]
+    assert recs["ft-visual_bert-text-only-vqa-full-50pct-s0"]["metric"]["text_only"] is True
+    probe = recs["pre-visual_bert-coco"]["grounding"]
+    assert probe["data"] == "s3://vlpdist/world/shards/coco_val_like" and probe["samples"] > 0
 
     again = submit(cluster, bad)  # a finished study: nothing runs again
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]

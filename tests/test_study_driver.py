@@ -38,10 +38,11 @@ def test_a_killed_driver_restarted_continues_the_study(world, tmp_path):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads(again.stdout.strip().splitlines()[-1])
-    assert summary["runs"] == 3 and summary["skipped"] == len(before)
-    assert summary["executed"] == 3 - len(before)  # only what had no record
+    assert summary["runs"] == 4 and summary["skipped"] == len(before)  # with the text-only control
+    assert summary["executed"] == 4 - len(before)  # only what had no record
     rec = json.loads((results / "pre-visual_bert-coco.json").read_text())
     assert rec["status"] == "done" and rec["steps"] == 300
+    assert rec["grounding"]["kinds"]["object"]["words"] > 0  # probed on coco_val_like
     assert rec["provenance"]["resumes"][0]["from"].startswith(str(ckpts))
     # the new driver (generation 2) revoked the run before it started it again: whatever the
     # dead driver left running could not write after that

@@ -31,7 +31,8 @@ def test_grid_is_the_papers_layout():
     pre = [r for r in runs if r.kind == "pretrain"]
     ft = [r for r in runs if r.kind == "finetune"]
     assert len(pre) == 2 * 2 * 2  # arch x set x fraction
-    assert len(ft) == 2 * (4 + 1) * 2 * 2 * 2 * 2  # arch x (exports + scratch) x task x ...
+    # arch x (exports + scratch + text-only) x task x mode x fraction x seed
+    assert len(ft) == 2 * (4 + 2) * 2 * 2 * 2 * 2
     assert len({r.name for r in runs}) == len(runs)
     assert runs[: len(pre)] == pre  # pretraining first
     mix = next(r for r in pre if r.name == "pre-vilbert-mix-50pct")
@@ -51,20 +52,26 @@ def test_grid_is_the_papers_layout():
         1,
     )
     assert c.eval.sources[0].url == "s3://bucket/world/shards/v"
-    scratch = [r for r in ft if r.depends is None]
+    scratch = [r for r in ft if r.labels["pretrain"] == "scratch"]
     assert len(scratch) == 2 * 2 * 2 * 2 * 2 and all(r.cfg.run.init_from is None for r in scratch)
-    assert scratch[0].labels["pretrain"] == "scratch"
+    assert not any(r.cfg.data.text_only for r in scratch)
+    control = [r for r in ft if r.labels["pretrain"] == "text-only"]  # the text-only control
+    assert len(control) == len(scratch) and all(r.depends is None for r in control)
+    assert all(r.cfg.data.text_only and r.cfg.run.init_from is None for r in control)
+    assert not any(r.cfg.data.text_only for r in ft if r not in control)
+    assert len(plan(study("study.controls=false"))) == len(plan(study())) - 1
 
 
 def test_bad_study_configs_are_one_line():
-    with pytest.raises(Exception, match="'scratch' is the no-pretraining baseline"):
-        study("study.pretrain_sets={scratch: [{url: x}]}")
+    for reserved in ("scratch", "text-only"):
+        with pytest.raises(Exception, match=f"'{reserved}' is a baseline's name"):
+            study(f"study.pretrain_sets={{{reserved}: [{{url: x}}]}}")
     with pytest.raises(Exception, match="train and val"):
         study("study.tasks={vqa: {train: [{url: x}]}}")
 
 
 def test_status_table_counts_every_state():
-    runs = plan(study())
+    runs = plan(study("study.controls=false"))
     records = {
         runs[0].name: {"status": "done", "metric": {"name": "loss", "value": 1.5}},
         runs[1].name: {"status": "failed", "error": "data.sources: s3://x: no shard set there"},

@@ -167,6 +167,12 @@ def cmd_analyze_drift(args) -> int:
     return drift_main(args)
 
 
+def cmd_analyze_grounding(args) -> int:
+    from vlpdist.analysis.grounding import main as grounding_main
+
+    return grounding_main(args)
+
+
 def cmd_report(args) -> int:
     from vlpdist.analysis.report import main as report_main
 
@@ -249,6 +255,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory URL for drift.csv, drift.json and drift.png")
     p.add_argument("--json", action="store_true", help="one JSON line per row")
     p.set_defaults(fn=cmd_analyze_drift)
+
+    p = an.add_parser(
+        "grounding", help="masked object/colour/size/count words with true vs shuffled regions"
+    )
+    p.add_argument("export", help="export directory URL of a pretrained model (with MLM)")
+    p.add_argument("--data", required=True, help="caption shard set to probe on (held-out images)")
+    p.add_argument("--samples", type=int, default=512, help="images probed (one caption each)")
+    p.add_argument("--out", help="directory URL for grounding.json")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    _add_config_args(p, required=False)
+    p.set_defaults(fn=cmd_analyze_grounding)
 
     p = sub.add_parser("report", help="tables (Markdown, CSV) and plots of a study's records")
     p.add_argument("study", help="the study's config file, or its root URL")

@@ -70,7 +70,14 @@ def run_demo(out: str, overrides: list[str] | tuple[str, ...] = ()) -> int:
 
 
 def run_study_demo(out: str, storage: Storage, t0: float) -> int:
-    from vlpdist.analysis.report import load_records, markdown, report, tables
+    from vlpdist.analysis.report import (
+        grounding,
+        grounding_markdown,
+        load_records,
+        markdown,
+        report,
+        tables,
+    )
     from vlpdist.study.runner import run_study
 
     study_cfg = load(Config, str(CONFIGS / "study" / "demo.yaml"), [
@@ -78,13 +85,17 @@ def run_study_demo(out: str, storage: Storage, t0: float) -> int:
         f"study.pretrain_config={CONFIGS / 'pretrain' / 'tiny.yaml'}",
         f"study.finetune_config={CONFIGS / 'finetune' / 'tiny.yaml'}",
     ], command="study")  # fmt: skip
-    print("\nstudy: 2 architectures x (4 pretraining sets + scratch) -> VQA-like task at 10%, "
-          "full and frozen, 3 seeds, on a local Ray (DeepSpeed on CPU)")  # fmt: skip
+    print("\nstudy: 2 architectures x (4 pretraining sets + scratch + the text-only control) "
+          "-> VQA-like task at 10%, full and frozen, 3 seeds, each also scored with shuffled "
+          "regions; every pretrained model probed for grounding; on a local Ray (DeepSpeed on "
+          "CPU)")  # fmt: skip
     summary = run_study(study_cfg)
     root = join(out, "studies", "demo")
     written = report(root)
     print()
-    print(markdown(tables(load_records(root))))
+    records = load_records(root)
+    print(markdown(tables(records)))
+    print(grounding_markdown(grounding(records)))
     failed = [r["run"] for r in summary["rows"] if r["state"] != "done"]
     print(f"report: {written['markdown']} ({len(written['plots'])} plots); "
           f"{summary['executed']} runs executed, {summary['skipped']} reused; "

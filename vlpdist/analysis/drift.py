@@ -91,7 +91,7 @@ def distances(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def _local_export(url: str, tmp: str, storage: Storage | None = None):
+def local_export(url: str, tmp: str, storage: Storage | None = None):
     """A local directory holding `url`'s config and weights (the tokenizer is not needed)."""
     if is_local(url):
         yield split_protocol(url)[1]
@@ -138,8 +138,8 @@ def drift(pretrained: str, finetuned: str, storage: Storage | None = None) -> li
     `pretrained`/`finetuned` are export directories or storage URLs."""
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="vlpdist-drift-"))
-        dir_a = stack.enter_context(_local_export(pretrained, os.path.join(tmp, "a"), storage))
-        dir_b = stack.enter_context(_local_export(finetuned, os.path.join(tmp, "b"), storage))
+        dir_a = stack.enter_context(local_export(pretrained, os.path.join(tmp, "a"), storage))
+        dir_b = stack.enter_context(local_export(finetuned, os.path.join(tmp, "b"), storage))
         ca, cb = read_config(dir_a), read_config(dir_b)
         _check_same_model(pretrained, ca, finetuned, cb)
         fa = stack.enter_context(safe_open(os.path.join(dir_a, WEIGHTS), "pt"))

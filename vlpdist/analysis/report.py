@@ -1,10 +1,14 @@
 """`vlpdist report STUDY`: the paper's tables and plots, rebuilt from the result records.
 
 One table per architecture x fine-tuning mode x train fraction; rows are pretraining sets
-(scratch, the baseline, always first), columns are downstream tasks, and a cell is the best
-validation value of each run's primary metric in %, mean ± sample std over seeds. Nothing
-is computed anywhere else: every number of report.md and the plots is in results.csv, and
-every row of results.csv is a mean over `<study>/results/<run>.json` records.
+(scratch, the baseline, and text-only, the control without regions, always first),
+columns are downstream tasks, and a cell is the best validation value of each run's
+primary metric in %, mean ± sample std over seeds. Beside each task, the same models scored
+with regions shuffled between samples: a score the shuffle does not lower (its gap within
+the spread over seeds) is flagged "not grounded", since the image is not what it rests on.
+Nothing is computed anywhere else: every number of report.md and the plots is in
+results.csv, and every row of results.csv is a mean over `<study>/results/<run>.json`
+records.
 
 STUDY is a study config (its `run.output`/`study.name` locate the study) or a study root URL
 (a directory holding results/), on any storage URL.
@@ -30,10 +34,14 @@ from vlpdist.errors import VlpdistError
 from vlpdist.storage import Storage, join
 
 SCRATCH = "scratch"  # the study's name for fine-tuning from random weights
+TEXT_ONLY = "text-only"  # and for the control without regions
+BASELINES = (SCRATCH, TEXT_ONLY)  # first in every table, in this order
+GROUNDED_MIN_GAP = 0.01  # a shuffle gap of at most 1 point is never taken as grounding
 MODES = ("full", "frozen")  # the paper's order
 TABLE_LABELS = ("arch", "pretrain", "task", "mode", "train_fraction")
 CSV_COLUMNS = ("arch", "mode", "train_fraction", "pretrain", "pretrain_fraction", "task",
-               "metric", "mean", "std", "n", "failed")  # fmt: skip
+               "metric", "mean", "std", "n", "failed", "shuffled_mean", "gap_mean",
+               "gap_spread", "grounded")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,13 +52,34 @@ class Cell:
     std: float | None  # sample std (ddof=1); None below two seeds
     n: int  # seeds that finished with a value
     failed: int  # runs recorded as failed (or finished without a value)
+    shuffled: float | None = None  # mean score with regions shuffled between samples
+    gap: float | None = None  # mean of each run's score minus its shuffled score
+    gap_spread: float | None = None  # max - min of the gaps over seeds
+    text_only: bool = False  # the control: no regions, nothing to shuffle
+
+    @property
+    def grounded(self) -> bool | None:
+        """Whether the score rests on the image: its shuffle gap beyond the spread of the
+        gaps over seeds (and above 1 point). None where there is nothing to judge."""
+        if self.text_only or self.gap is None:
+            return None
+        return self.gap > max(self.gap_spread or 0.0, GROUNDED_MIN_GAP)
 
     def text(self) -> str:
-        """The paper's style: '63.2 ± 0.4 (n=3)', in %."""
+        """The paper's style: '63.2 ± 0.4 (n=3)', in %; flagged when not grounded."""
         if self.n == 0:
             return f"failed ({self.failed} run{'s' * (self.failed != 1)})" if self.failed else ""
         value = f"{100 * self.mean:.1f}" + (f" ± {100 * self.std:.1f}" if self.n >= 2 else "")
-        return value + f" (n={self.n}" + (f", {self.failed} failed)" if self.failed else ")")
+        value += f" (n={self.n}" + (f", {self.failed} failed)" if self.failed else ")")
+        return value + (" · not grounded" if self.grounded is False else "")
+
+    def shuffled_text(self) -> str:
+        """The score with shuffled regions and its gap, in %: '41.0 (−3.2)'."""
+        if self.text_only:
+            return "no regions"
+        if self.shuffled is None or self.gap is None:
+            return ""
+        return f"{100 * self.shuffled:.1f} ({-100 * self.gap:+.1f})"
 
 
 @dataclass
@@ -109,7 +138,8 @@ def _set_key(lab: dict) -> tuple[str, float]:
 
 
 def _set_order(key: tuple[str, float]) -> tuple:
-    return key[0] != SCRATCH, key[0], -key[1]
+    base = BASELINES.index(key[0]) if key[0] in BASELINES else len(BASELINES)
+    return base, key[0], -key[1]
 
 
 def _table_order(key: tuple[str, str, float]) -> tuple:
@@ -122,8 +152,9 @@ def _pct(f: float) -> str:
 
 
 def row_label(pretrain: str, fraction: float) -> str:
-    """'coco', or 'coco (50%)' for a part of the set; 'scratch' as is."""
-    return pretrain if pretrain == SCRATCH or fraction == 1 else f"{pretrain} ({_pct(fraction)})"
+    """'coco', or 'coco (50%)' for a part of the set; the baselines as they are."""
+    whole = pretrain in BASELINES or fraction == 1
+    return pretrain if whole else f"{pretrain} ({_pct(fraction)})"
 
 
 def _value(record: dict) -> float | None:
@@ -133,11 +164,19 @@ def _value(record: dict) -> float | None:
 
 
 def _cell(runs: list[dict]) -> Cell:
-    values = [v for v in map(_value, runs) if v is not None]
+    done = [r for r in runs if _value(r) is not None]
+    values = [_value(r) for r in done]
     n = len(values)
     mean = statistics.mean(values) if n else None
     std = statistics.stdev(values) if n >= 2 else None
-    return Cell(mean, std, n, len(runs) - n)
+    metric = [r.get("metric") or {} for r in done]
+    text_only = bool(metric) and all(m.get("text_only") for m in metric)
+    shuffled = [m.get("shuffled") for m in metric]
+    gaps = [m.get("image_shuffle_gap") for m in metric]
+    if not n or text_only or any(not isinstance(x, int | float) for x in shuffled + gaps):
+        return Cell(mean, std, n, len(runs) - n, text_only=text_only)
+    return Cell(mean, std, n, len(runs) - n, statistics.mean(shuffled), statistics.mean(gaps),
+                max(gaps) - min(gaps), text_only)  # fmt: skip
 
 
 def tables(records: list[dict]) -> list[Table]:
@@ -172,6 +211,47 @@ def tables(records: list[dict]) -> list[Table]:
     return out
 
 
+def grounding(records: list[dict]) -> dict[str, list[tuple[str, dict]]]:
+    """arch -> [(pretraining set label, the probe's result)] of the pretraining records that
+    carry one (`vlpdist analyze grounding`, run by the study on every export)."""
+    out: dict[str, list] = defaultdict(list)
+    for rec in records:
+        lab, probe = labels(rec), rec.get("grounding")
+        if rec.get("kind") != "pretrain" or not lab or not isinstance(probe, dict):
+            continue
+        if isinstance(probe.get("kinds"), dict):
+            out[str(lab["arch"])].append((row_label(*_set_key(lab)), probe))
+    return {arch: sorted(rows, key=lambda r: r[0]) for arch, rows in sorted(out.items())}
+
+
+def grounding_markdown(found: dict[str, list[tuple[str, dict]]]) -> str:
+    if not found:
+        return ""
+    parts = ["## Grounding of the pretrained models", "",
+             "Masked words of each kind predicted with the image's own regions / with another "
+             "image's (% correct; the difference in brackets), on held-out captions. A model "
+             "that reads the word off the image loses it when the regions are shuffled.", ""]  # fmt: skip
+    for arch, rows in found.items():
+        kinds = list(dict.fromkeys(k for _, p in rows for k in p["kinds"]))
+        itm = any("itm" in p for _, p in rows)
+        head = ["pretraining", *kinds, *(["itm (own / other's)"] if itm else [])]
+        parts += [f"### {arch}", "", "| " + " | ".join(head) + " |",
+                  "|:---|" + "---:|" * (len(head) - 1)]  # fmt: skip
+        for label, p in rows:
+            cells = []
+            for k in kinds:
+                v = p["kinds"].get(k) or {}
+                t, sh = v.get("true"), v.get("shuffled")
+                cells.append("" if t is None else f"{100 * t:.1f} / {100 * sh:.1f} "
+                             f"({100 * (t - sh):+.1f})")  # fmt: skip
+            if itm:
+                i = p.get("itm") or {}
+                cells.append("" if not i else f"{100 * i['true']:.1f} / {100 * i['shuffled']:.1f}")
+            parts.append(f"| {label} | " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts) + "\n"
+
+
 # ---------------------------------------------------------------- text outputs
 
 
@@ -182,11 +262,16 @@ def markdown(tables: list[Table]) -> str:
     for t in tables:
         metrics = ", ".join(f"{k}: {t.metrics.get(k, '?')}" for k in t.tasks)
         lines = [f"## {t.heading}", "",
-                 f"Best validation score (%), mean ± std over seeds. Metrics: {metrics}.", "",
-                 "| pretraining | " + " | ".join(t.tasks) + " |",
-                 "|:---|" + "---:|" * len(t.tasks)]  # fmt: skip
+                 f"Best validation score (%), mean ± std over seeds. Metrics: {metrics}. "
+                 "Shuffled regions: the same models with each text paired with another "
+                 "image's regions (change in points); \"not grounded\": the shuffle costs no "
+                 "more than the spread over seeds. text-only: the control without regions.",
+                 "", "| pretraining | "
+                 + " | ".join(f"{k} | {k} · shuffled regions" for k in t.tasks) + " |",
+                 "|:---|" + "---:|---:|" * len(t.tasks)]  # fmt: skip
         for label, cells in t.rows:
-            lines.append(f"| {label} | " + " | ".join(cells[k].text() for k in t.tasks) + " |")
+            lines.append(f"| {label} | " + " | ".join(
+                f"{cells[k].text()} | {cells[k].shuffled_text()}" for k in t.tasks) + " |")  # fmt: skip
         if t.failures:
             lines += ["", "Failed runs:"] + [f"- `{run}`: {err}" for run, err in t.failures]
         parts.append("\n".join(lines) + "\n")
@@ -204,9 +289,14 @@ def csv_text(tables: list[Table]) -> str:
             for task in t.tasks:
                 c = cells[task]
                 w.writerow([t.arch, t.mode, repr(t.train_fraction), pretrain, repr(pfrac), task,
-                            t.metrics.get(task, ""), "" if c.mean is None else repr(c.mean),
-                            "" if c.std is None else repr(c.std), c.n, c.failed])  # fmt: skip
+                            t.metrics.get(task, ""), _num(c.mean), _num(c.std), c.n, c.failed,
+                            _num(c.shuffled), _num(c.gap), _num(c.gap_spread),
+                            "" if c.grounded is None else str(c.grounded).lower()])  # fmt: skip
     return buf.getvalue()
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else repr(x)
 
 
 # ---------------------------------------------------------------- plots
@@ -225,8 +315,8 @@ def _pct_or_nan(x: float | None) -> float:
 
 
 def plots(tables: list[Table], records: list[dict], out_dir: str) -> list[str]:
-    """Scores per pretraining set per task, low-resource curves and drift per layer, as PNG
-    files in `out_dir`; returns their file names."""
+    """Scores per pretraining set per task, low-resource curves, the grounding of each
+    pretrained model and drift per layer, as PNG files in `out_dir`; returns their names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,7 +374,23 @@ def plots(tables: list[Table], records: list[dict], out_dir: str) -> list[str]:
             ax.legend(fontsize="small")
             save(fig, f"lowres-{_slug(arch, task, mode)}.png")
 
-    for arch, curves in sorted(drift_curves(records).items()):  # (3) drift per layer
+    for arch, rows in grounding(records).items():  # (3) grounding per pretraining set
+        kinds = list(dict.fromkeys(k for _, p in rows for k in p["kinds"]))
+        fig = Figure(figsize=(max(5.0, 1.2 + 0.5 * len(rows) * len(kinds)), 3.8))
+        ax = fig.add_subplot()
+        width = 0.8 / len(rows)
+        for i, (label, p) in enumerate(rows):
+            xs = np.arange(len(kinds)) + (i - (len(rows) - 1) / 2) * width
+            gaps = [100 * ((p["kinds"].get(k) or {}).get("gap") or math.nan) for k in kinds]
+            ax.bar(xs, gaps, width, label=label)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_ylabel("accuracy: own regions − shuffled (points)")
+        ax.set_title(f"{arch} · grounding of the pretrained model")
+        ax.legend(fontsize="small")
+        save(fig, f"grounding-{_slug(arch)}.png")
+
+    for arch, curves in sorted(drift_curves(records).items()):  # (4) drift per layer
         streams = sorted({s for per in curves.values() for s in per}, key=_stream_order)
         fig = Figure(figsize=(4.2 * len(streams), 6.4))
         axes = fig.subplots(2, len(streams), squeeze=False)
@@ -399,7 +505,7 @@ def report(study: str, out: str | None = None, overrides=()) -> dict:
     return _report(study, out, overrides)[0]
 
 
-def _report(study: str, out: str | None, overrides) -> tuple[dict, list[Table]]:
+def _report(study: str, out: str | None, overrides) -> tuple[dict, list[Table], str]:
     root, storage = _resolve(study, overrides)
     records = load_records(root, storage)
     if not records:
@@ -408,6 +514,7 @@ def _report(study: str, out: str | None, overrides) -> tuple[dict, list[Table]]:
         )
     out = (out or join(root, "report")).rstrip("/")
     tabs = tables(records)
+    probes = grounding_markdown(grounding(records))
     unplaced = [r for r in records if r.get("kind") != "pretrain" and not _placed(r)]
     with tempfile.TemporaryDirectory(prefix="vlpdist-report-") as tmp:
         names = [f"plots/{n}" for n in plots(tabs, records, os.path.join(tmp, "plots"))]
@@ -417,7 +524,7 @@ def _report(study: str, out: str | None, overrides) -> tuple[dict, list[Table]]:
                f"{len(records) - len(done)} failed; "
                f"{sum(r.get('kind') == 'pretrain' for r in records)} pretraining runs. "
                "Every number below is in results.csv (values as recorded, 0..1).", "",
-               markdown(tabs)]  # fmt: skip
+               markdown(tabs), probes]  # fmt: skip
         if names:
             doc += ["## Plots", ""] + [f"![{n}]({n})" for n in names] + [""]
         if unplaced:
@@ -435,13 +542,13 @@ def _report(study: str, out: str | None, overrides) -> tuple[dict, list[Table]]:
         "plots": [join(out, n) for n in names],
         "tables": len(tabs),
     }
-    return result, tabs
+    return result, tabs, probes
 
 
 def main(args) -> int:
     """CLI entry (args.study, args.out, args.overrides): writes the report, prints the tables."""
-    result, tabs = _report(args.study, args.out, getattr(args, "overrides", None) or ())
-    sys.stdout.write(markdown(tabs))
+    result, tabs, probes = _report(args.study, args.out, getattr(args, "overrides", None) or ())
+    sys.stdout.write(markdown(tabs) + (f"\n{probes}" if probes else ""))
     print(f"\nwrote {result['markdown']}, {result['csv']} and {len(result['plots'])} plots "
           f"({result['tables']} tables)")  # fmt: skip
     return 0

@@ -132,6 +132,9 @@ class DataConfig:
     """What a corrupt or truncated shard does: skipped with a warning, or stops the run."""
     verify_sha256: bool = False
     """Check each shard's sha256 (reads every shard once, before the first epoch)."""
+    text_only: bool = False
+    """Give the model no regions (one empty, masked slot per sample): the text-only control
+    of a study, the question-, hypothesis- or plot-only model trained like the others."""
 
     def __post_init__(self):
         for name in ("batch_size", "max_regions", "max_text_tokens", "shuffle_window", "read_span",
@@ -412,6 +415,14 @@ class StudyConfig:
     """Fractions of each pretraining set (data size ablation)."""
     scratch: bool = True
     """Also fine-tune from random weights: the baseline of every table."""
+    grounding: list[DataSource] = field(default_factory=list)
+    """Caption shard set that every pretraining export is probed on (`vlpdist analyze
+    grounding`: masked words by kind, true vs shuffled regions); images unseen in
+    pretraining, and one set for all, so the sets compare. Empty: no probe."""
+    controls: bool = True
+    """Also fine-tune the text-only control (from random weights, no regions) for every
+    architecture, task, mode, fraction and seed; every fine-tuning run is scored with shuffled
+    regions too. Together they say whether a difference is visio-linguistic."""
     tasks: dict[str, StudyTask] = field(default_factory=dict)
     """Downstream tasks fine-tuned from every export, by name."""
     modes: list[Literal["full", "frozen"]] = field(default_factory=lambda: ["full"])
@@ -434,8 +445,9 @@ class StudyConfig:
                 raise Invalid(name, "each fraction must be in (0, 1]")
         if self.max_failures < 0:
             raise Invalid("max_failures", "must be >= 0")
-        if "scratch" in self.pretrain_sets:
-            raise Invalid("pretrain_sets", "'scratch' is the no-pretraining baseline's name")
+        for reserved in ("scratch", "text-only"):  # the baselines' names in every table
+            if reserved in self.pretrain_sets:
+                raise Invalid("pretrain_sets", f"{reserved!r} is a baseline's name")
         for name in self.pretrain_sets:
             if not name or not all(c.isalnum() or c in "_-" for c in name):
                 raise Invalid("pretrain_sets", f"set name {name!r}: letters, digits, _ and -")

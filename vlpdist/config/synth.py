@@ -19,6 +19,7 @@ DATASET_NAMES = (
     "vqa_p",
     "vqa_train",
     "vqa_val",
+    "coco_val_like",
     "vizwiz_train",
     "vizwiz_val",
     "snli_ve_train",

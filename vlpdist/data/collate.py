@@ -160,6 +160,9 @@ class Collator:
         With a thread `pool`, halves of the batch are copied concurrently (numpy releases
         the GIL while copying): the copy is most of a batch's bytes."""
         r, b = self.cfg.max_regions, len(items)
+        if self.cfg.text_only:  # the control without an image: one masked, empty slot
+            return (np.zeros((b, 1, self.dim), np.float16), np.zeros((b, 1, 4), np.float32),
+                    np.zeros((b, 1), np.int64))  # fmt: skip
         # empty, not zeros: a fresh zeroed buffer is written twice (page faults on zero
         # pages, then the copy); only each row's padding tail is zeroed below
         feats = np.empty((b, r, self.dim), dtype=np.float16)

@@ -3,6 +3,11 @@
 Each rank scores its share of the val set (padding repeats flagged, never counted); the
 metric's sufficient statistics are summed over ranks, so the figure is the one a single
 process would compute over the whole split.
+
+Every evaluation is also run with the regions shuffled between the samples of each batch
+(each text paired with another image's regions): `<metric>_shuffled`, and the difference,
+`image_shuffle_gap`. A model that answers from the text alone loses nothing; the gap is
+how much of the score the image is responsible for.
 """
 
 from __future__ import annotations
@@ -34,18 +39,24 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, engine) -> dict:
-        metric = metric_for(self.task)
         engine.eval()
         try:
+            scores = [metric_for(self.task), metric_for(self.task)]  # true, shuffled regions
             for batch in self.loader:
                 batch = batch.to(self.dist.device)
-                logits = engine(**model_inputs(batch))["logits"]
-                if self.task in ("vqa", "vizwiz"):
-                    metric.update(logits, batch.answers, self.labels, batch.is_pad)
-                else:
-                    metric.update(logits, batch.targets, batch.is_pad)
+                for metric, b in zip(scores, (batch, shuffle_regions(batch)), strict=True):
+                    logits = engine(**model_inputs(b))["logits"]
+                    if self.task in ("vqa", "vizwiz"):
+                        metric.update(logits, b.answers, self.labels, b.is_pad)
+                    else:
+                        metric.update(logits, b.targets, b.is_pad)
         finally:
             engine.train()
+        true, shuffled = (self._merged(m) for m in scores)
+        return {**true, f"{self.primary}_shuffled": shuffled[self.primary],
+                "image_shuffle_gap": true[self.primary] - shuffled[self.primary]}  # fmt: skip
+
+    def _merged(self, metric) -> dict:
         if self.dist.world == 1:
             return metric.compute()
         state = torch.from_numpy(metric.state()).to(self.dist.device)
@@ -53,3 +64,15 @@ class Evaluator:
         merged = metric_for(self.task)
         merged.merge(np.asarray(state.cpu()))
         return merged.compute()
+
+
+def shuffle_regions(batch):
+    """The batch with each real sample's regions taken from the next real sample (a
+    derangement among the real samples; padding keeps its own): texts and targets stay."""
+    real = torch.nonzero(~batch.is_pad).flatten()
+    if len(real) < 2:
+        return batch
+    order = torch.arange(len(batch), device=real.device)
+    order[real] = real.roll(-1)
+    moved = {k: getattr(batch, k)[order] for k in ("feats", "boxes", "region_mask")}
+    return dataclasses.replace(batch, **moved)

@@ -266,8 +266,13 @@ def _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempt
     if evaluator:
         best = state["best"] or {}
         final = state["evals"][-1] if state["evals"] else {}
+        at_best = next((e for e in state["evals"] if e["step"] == best.get("step")), {})
+        # the controls at the best step: the same model with another image's regions
         metric = {"name": evaluator.primary, "value": best.get("value"), "step": best.get("step"),
-                  "final": final.get(evaluator.primary)}  # fmt: skip
+                  "final": final.get(evaluator.primary),
+                  "shuffled": at_best.get(f"{evaluator.primary}_shuffled"),
+                  "image_shuffle_gap": at_best.get("image_shuffle_gap"),
+                  "text_only": cfg.data.text_only}  # fmt: skip
     else:
         metric = {"name": "loss", "value": h[-1]["loss"] if h else None,
                   "step": h[-1]["step"] if h else None}  # fmt: skip

@@ -19,6 +19,7 @@ from vlpdist.config.sections import StudyResources
 from vlpdist.storage import is_local, join
 
 SCRATCH = "scratch"
+TEXT_ONLY = "text-only"  # the control without regions: fine-tuned from scratch on text alone
 
 
 @dataclass
@@ -29,6 +30,7 @@ class RunSpec:
     resources: StudyResources
     depends: str | None = None  # the pretraining run whose export this run starts from
     labels: dict = dataclasses.field(default_factory=dict)  # grid coordinates, for reports
+    probe: str | None = None  # a pretraining run's: the caption set its grounding is read on
 
     @property
     def url(self) -> str:
@@ -70,12 +72,15 @@ def plan(cfg: Config) -> list[RunSpec]:
     # of <study>/results/, adds the study's labels there (results.py)
     common = [f"run.output={join(root, 'runs')}"]
     runs: list[RunSpec] = []
-    exports: list[tuple[str, str | None, dict]] = []  # (export name, pretraining run, labels)
+    probe = json.loads(_sources(s.shards, s.grounding))[0]["url"] if s.grounding else None
+    # (export name, pretraining run, labels, overrides of its fine-tuning runs)
+    exports: list[tuple[str, str | None, dict, list[str]]] = []
     for arch in s.architectures:
-        if s.scratch:
-            exports.append(
-                (SCRATCH, None, {"arch": arch, "pretrain": SCRATCH, "pretrain_fraction": 0.0})
-            )
+        for name, on, extra in ((SCRATCH, s.scratch, []),
+                                (TEXT_ONLY, s.controls, ["data.text_only=true"])):  # fmt: skip
+            if on:
+                exports.append((name, None, {"arch": arch, "pretrain": name,
+                                             "pretrain_fraction": 0.0}, extra))  # fmt: skip
         for set_name, sources in s.pretrain_sets.items():
             for frac in s.pretrain_fractions:
                 name = f"pre-{arch}-{set_name}" + ("" if frac == 1 else f"-{_frac(frac)}")
@@ -84,9 +89,10 @@ def plan(cfg: Config) -> list[RunSpec]:
                              f"model.arch={arch}", f"data.sources={_sources(s.shards, sources)}",
                              f"data.fraction={frac}", f"run.name={name}"]  # fmt: skip
                 run_cfg = _build(cfg, s.pretrain_config, overrides, "pretrain")
-                runs.append(RunSpec(name, "pretrain", run_cfg, s.pretrain_resources, None, labels))
-                exports.append((set_name, name, labels))
-    for set_name, pre, labels in exports:
+                runs.append(RunSpec(name, "pretrain", run_cfg, s.pretrain_resources, None, labels,
+                                    probe))  # fmt: skip
+                exports.append((set_name, name, labels, []))
+    for set_name, pre, labels, extra in exports:
         arch = labels["arch"]
         for task_name, t in s.tasks.items():
             for mode in s.modes:
@@ -105,7 +111,7 @@ def plan(cfg: Config) -> list[RunSpec]:
                                      f"data.fraction={frac}", f"run.seed={seed}",
                                      f"data.seed={seed}", f"run.init_from={init}",
                                      f"model.freeze_base={str(mode == 'frozen').lower()}",
-                                     f"run.name={name}"]  # fmt: skip
+                                     *extra, f"run.name={name}"]  # fmt: skip
                         run_cfg = _build(cfg, s.finetune_config, overrides, "finetune")
                         run_labels = {**labels, "task": task_name, "mode": mode,
                                       "train_fraction": frac, "seed": seed}  # fmt: skip

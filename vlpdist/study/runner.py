@@ -124,6 +124,13 @@ def _execute(spec: RunSpec, claim: int, max_failures: int, submitted: float) -> 
 def _finish(spec: RunSpec, storage: Storage, started: float, timing: dict) -> dict:
     """The engine's record of a finished run, with the study's labels, timing and drift."""
     record = json.loads(storage.read_text(join(spec.url, "result.json")))
+    if spec.probe and record.get("provenance", {}).get("export"):
+        from vlpdist.analysis.grounding import probe
+
+        try:  # does the pretrained model read words off the image? (true vs shuffled regions)
+            record["grounding"] = probe(record["provenance"]["export"], spec.probe, storage)
+        except VlpdistError as e:
+            record["grounding"] = {"error": str(e)}
     if spec.kind == "finetune" and spec.depends and record.get("provenance", {}).get("best"):
         from vlpdist.analysis.drift import drift, summary
 

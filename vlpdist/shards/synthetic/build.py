@@ -57,6 +57,10 @@ DATASETS = {
     "vqa_train": Spec("coco", "coco", "train", "vqa", 3000,
                       "VQA-like: 10 answers per question; yes/no, number, other"),
     "vqa_val": Spec("coco_val", "coco", "val", "vqa", 1000, "VQA-like, images unseen in training"),
+    # at most vqa_val's size, or the shared val pool is drawn for more images (another world)
+    "coco_val_like": Spec("coco_val", "coco", "val", "captions", 1000,
+                          "in-domain captions of the val images, unseen in pretraining: what "
+                          "`vlpdist analyze grounding` probes"),
     "vizwiz_train": Spec("blind", "blind", "train", "vizwiz", 2000,
                          "VizWiz-like: degraded images, one question each, some unanswerable"),
     "vizwiz_val": Spec("blind_val", "blind", "val", "vizwiz", 500, "VizWiz-like validation"),
