@@ -377,3 +377,22 @@ def test_any_fsspec_protocol_and_stage_telemetry(world):
     tel = ld.telemetry()
     assert tel["bytes_read"] > 0 and tel["requests"] > 0
     assert all(tel["seconds"][k] > 0 for k in ("fetch_s", "decode_s", "regions_s", "mask_s"))
+
+
+def test_content_word_masking_on_the_world(world):
+    """data.mlm_words=content: only words outside the stop-word list are ever targets."""
+    from transformers import AutoTokenizer
+
+    from vlpdist.data.masking import STOP_WORDS
+
+    tok = AutoTokenizer.from_pretrained(str(world / "coco_like/tokenizer"))
+    targets = Counter()
+    for words in ("any", "content"):
+        ld = Loader(cfg_for(world / "coco_like", mlm_words=words, mlm_prob=0.4, itm_prob=0.0))
+        for b in ld:
+            labels = b.mlm_labels[b.mlm_labels != -100].tolist()
+            targets.update((words, w) for w in tok.convert_ids_to_tokens(labels))
+    content = {w for (kind, w) in targets if kind == "content"}
+    assert content and not content & STOP_WORDS and "." not in content
+    assert {"a", "."} <= {w for (kind, w) in targets if kind == "any"}  # BERT's masks them
+    assert {"red", "dog"} & content or len(content) > 20  # colours and objects are targets

@@ -169,3 +169,30 @@ def test_itm_flags_rate():
     assert itm_flags(100, np.random.default_rng(0), prob=1.0).all()
     same = itm_flags(50, np.random.default_rng(9)) == itm_flags(50, np.random.default_rng(9))
     assert same.all()
+
+
+def test_content_words_are_masked_whole_and_stop_words_never():
+    from vlpdist.data.masking import STOP_WORDS, content_words, whole_words
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "of", ".", "pink", "chair",
+             "surf", "##board", "and", "the", "green", "pizza"]  # fmt: skip
+    ids = np.array([[2, 5, 8, 9, 12, 5, 10, 11, 7, 3], [2, 13, 14, 15, 6, 5, 10, 11, 3, 0]])
+    att = (ids != 0).astype(bool)
+    piece = ids == words.index("##board")
+    function = np.isin(ids, [i for i, w in enumerate(words) if w in STOP_WORDS or w == "."])
+    eligible = att & ~np.isin(ids, [0, 1, 2, 3, 4])
+    starts = content_words(eligible, ~function, piece)
+    assert [[words[i] for i in row[m]] for row, m in zip(ids, starts, strict=True)] == [
+        ["pink", "chair", "surf"], ["green", "pizza", "surf"]]  # fmt: skip
+    rng = np.random.default_rng(0)
+    seen = np.zeros_like(ids, dtype=bool)
+    for _ in range(200):  # every eligible start gets masked sometimes, with its pieces
+        new, labels = mask_tokens(ids, starts, rng, vocab_size=len(words), mask_id=4,
+                                  prob=0.5, special_ids=[0, 1, 2, 3, 4], grow=piece & eligible)  # fmt: skip
+        sel = labels != -100
+        assert not (sel & function).any() and not (sel & ~att).any()
+        assert ((sel & piece) == (np.roll(sel, 1, axis=1) & piece)).all()  # "##board" with "surf"
+        seen |= sel
+    assert (seen == (starts | (piece & eligible))).all()
+    # the synthetic world's tokenizer has no continuation pieces: whole_words changes nothing
+    assert (whole_words(starts, np.zeros_like(piece), eligible) == starts).all()

@@ -115,7 +115,12 @@ class DataConfig:
     read_threads: int = 8
     """Concurrent range reads per worker (remote storage)."""
     mlm_prob: float = 0.15
-    """Masked language modelling: fraction of text tokens selected."""
+    """Masked language modelling: fraction of the eligible text tokens selected."""
+    mlm_words: Literal["any", "content"] = "any"
+    """Which tokens MLM may select: any (BERT), or whole content words only, i.e. not a stop
+    word or punctuation by an English list (objects, attributes, counts, actions). Random
+    masking of captions is mostly solved from the text; content words make the model look
+    (README, "The science check")."""
     mrm_prob: float = 0.15
     """Masked region modelling: fraction of regions selected."""
     mrm_zero_prob: float = 0.9

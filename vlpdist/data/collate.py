@@ -22,7 +22,13 @@ from vlpdist.config import DataConfig
 from vlpdist.data.answers import soft_scores
 from vlpdist.data.decode import Decoded
 from vlpdist.data.index import TokenInfo
-from vlpdist.data.masking import itm_flags, mask_tokens, pick_negative, select_regions
+from vlpdist.data.masking import (
+    content_words,
+    itm_flags,
+    mask_tokens,
+    pick_negative,
+    select_regions,
+)
 from vlpdist.data.plan import TEXT
 from vlpdist.shards.schema import SNLI_LABELS
 
@@ -191,11 +197,16 @@ class Collator:
         cfg, tok = self.cfg, self.tok
         matched = np.ones(len(ids), dtype=bool) if itm is None else itm == 1
         maskable = (att == 1) & ~np.isin(ids, tok.special) & matched[:, None]
+        grow = None
+        if cfg.mlm_words == "content":  # whole content words, never "a", "of" or "."
+            piece = np.isin(ids, tok.pieces)
+            grow = piece & maskable
+            maskable = content_words(maskable, ~np.isin(ids, tok.function), piece)
         labels = np.full_like(ids, IGNORE)
         if cfg.mlm_prob > 0:
             ids[:], labels = mask_tokens(
                 ids, maskable, rng, vocab_size=tok.vocab_size, mask_id=tok.mask,
-                prob=cfg.mlm_prob, special_ids=tok.special,
+                prob=cfg.mlm_prob, special_ids=tok.special, grow=grow,
             )  # fmt: skip
         mrm = np.zeros(rmask.shape, dtype=bool)
         originals = feats[:0].reshape(0, feats.shape[-1])

@@ -21,6 +21,7 @@ import numpy as np
 
 from vlpdist.config import DataConfig
 from vlpdist.data.answers import vocab_from_doc
+from vlpdist.data.masking import STOP_WORDS
 from vlpdist.data.plan import SourcePlan
 from vlpdist.errors import ShardError, StorageError, VlpdistError
 from vlpdist.shards.reader import load_manifest
@@ -114,6 +115,10 @@ class TokenInfo:
     mask: int
     vocab_size: int
     special: tuple[int, ...]
+    function: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Ids of stop words and punctuation (masking.STOP_WORDS): never masked as content."""
+    pieces: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Ids of WordPiece continuations ('##s'): part of the word before them."""
 
 
 def download_tokenizer(storage: Storage, source: Source, directory: str) -> str:
@@ -131,13 +136,20 @@ def token_info(storage: Storage, source: Source) -> TokenInfo:
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = AutoTokenizer.from_pretrained(download_tokenizer(storage, source, tmp))
+    special = set(tok.all_special_ids)
+    vocab = tok.get_vocab()
+    function = [i for w, i in vocab.items() if i not in special
+                and (w in STOP_WORDS or not any(c.isalnum() for c in w))]  # fmt: skip
+    pieces = [i for w, i in vocab.items() if w.startswith("##")]
     return TokenInfo(
         cls=tok.cls_token_id,
         sep=tok.sep_token_id,
         pad=tok.pad_token_id,
         mask=tok.mask_token_id,
         vocab_size=len(tok),
-        special=tuple(sorted(set(tok.all_special_ids))),
+        special=tuple(sorted(special)),
+        function=np.array(sorted(function), dtype=np.int64),
+        pieces=np.array(sorted(pieces), dtype=np.int64),
     )
 
 

@@ -71,6 +71,7 @@ def mask_tokens(
     mask_id: int,
     prob: float = 0.15,
     special_ids: Sequence[int] = (),
+    grow: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """BERT masked language modelling on token sequences `ids` [..., T].
 
@@ -78,7 +79,8 @@ def mask_tokens(
     marks special tokens and padding not maskable); of the selected, 80% become `mask_id`,
     10% a random id in [0, vocab_size) outside `special_ids`, 10% stay as they are.
     Returns (new ids, same dtype as `ids`; labels int64: the original id where selected,
-    -100 elsewhere), plus the at-least-one rule of the module docstring.
+    -100 elsewhere), plus the at-least-one rule of the module docstring. With `grow` (bool,
+    True at WordPiece continuation pieces), each selected position's word is masked whole.
     """
     ids = np.asarray(ids)
     maskable = np.asarray(maskable, dtype=bool)
@@ -89,6 +91,8 @@ def mask_tokens(
     specials = specials[(specials >= 0) & (specials < vocab_size)]
 
     selected = _select(maskable, prob, rng)
+    if grow is not None:  # whole words: the selected starts take their continuation pieces
+        selected = whole_words(selected, grow, np.ones_like(selected))
     # One uniform draw per position decides mask / random / keep, drawn for every position
     # so the generator advances by the same amount whatever got selected.
     u = rng.random(ids.shape)
@@ -101,6 +105,34 @@ def mask_tokens(
     labels = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
     labels[selected] = ids[selected]
     return new_ids, labels
+
+
+# English function words: what `data.mlm_words: content` never masks. A list, not the
+# annotations: on real captions it leaves the object, attribute, count and action words.
+_STOP = (
+    "a an the this that these those there here is are was were be been being am it its "
+    "of in on at to from by with for as into onto over under near next and or but "
+    "some any each every another other such very too also not no yes do does did has have "
+    "had can could will would should may might i you he she we they me him her us them my "
+    "your his our their what which who whom whose where when why how"
+)
+STOP_WORDS = frozenset(_STOP.split())
+
+
+def content_words(eligible: np.ndarray, content: np.ndarray, piece: np.ndarray) -> np.ndarray:
+    """Where MLM may start a mask under `data.mlm_words: content`: eligible tokens that
+    begin a content word (`content`: not a stop word or punctuation; `piece`: a WordPiece
+    continuation such as '##s', never a start)."""
+    return eligible & content & ~piece
+
+
+def whole_words(selected: np.ndarray, piece: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Grow each selected word start over its continuation pieces, so a word is masked
+    whole (its pieces cannot be guessed from each other)."""
+    out = selected.copy()
+    for t in range(1, out.shape[-1]):
+        out[..., t] |= out[..., t - 1] & piece[..., t] & eligible[..., t]
+    return out
 
 
 def mask_regions(
