@@ -26,8 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(seeds: int = 2, progress: bool = False) -> dict:
-    import ray
-
     from vlpdist.shards.synthetic import synthesize
     from vlpdist.study.runner import run_study
 
@@ -45,7 +43,7 @@ def run(seeds: int = 2, progress: bool = False) -> dict:
         records = [
             json.loads(p.read_text()) for p in (Path(tmp) / "out/bench/results").glob("*.json")
         ]
-        cpus = ray.cluster_resources().get("CPU", 1.0)
+        cpus = out["cluster"]["cpus"] or 1.0
     per_run = cfg.study.pretrain_resources.workers * cfg.study.pretrain_resources.cpus_per_worker
     slots = int(cpus // per_run)
     timing = [r["study"]["timing"] for r in records]

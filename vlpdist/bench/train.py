@@ -4,7 +4,7 @@ In one process, on CPU, the same model (built once, copied) takes optimizer step
 batch (one real `Batch` of the tiny synthetic world, reused every step so that data time is
 excluded) in two loops:
   engine_step_s   our engine: DeepSpeed as `vlpdist pretrain` configures it
-                  (`setup.deepspeed_config`, one-rank gloo group, ZeRO 0, fp32);
+                  (`engine.loop.build_engine`, one-rank gloo group, ZeRO 0, fp32);
                   forward, `engine.backward`, `engine.step`
   torch_step_s    AdamW by hand: forward, backward, clip_grad_norm_, step, schedule, zero_grad
 Both: AdamW over `param_groups` (lr 1e-4, decay 0.01), warmup_linear schedule, clip 1.0.
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 
 from vlpdist.config import Config, DataConfig, DataSource, DeepSpeedConfig, OptimConfig, load
 from vlpdist.models.losses import model_inputs, pretrain_losses
@@ -54,26 +53,14 @@ def _batch(batch_size: int, max_regions: int = 36):
         return batch, data_dims(loader)
 
 
-def _optimizer(model, o: OptimConfig):
-    from vlpdist.engine.schedule import param_groups, warmup_linear
-
-    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr,
-                            betas=tuple(o.betas), eps=o.eps)  # fmt: skip
-    return opt, LambdaLR(opt, lambda s: warmup_linear(s, o.warmup_steps, o.total_steps))
-
-
 def _loss(model, batch) -> torch.Tensor:
     return sum(pretrain_losses(model(**model_inputs(batch)), batch).values())
 
 
 def _engine_step(cfg: Config, model, batch):
-    import deepspeed
+    from vlpdist.engine.loop import build_engine
 
-    from vlpdist.engine.setup import deepspeed_config
-
-    opt, sched = _optimizer(model, cfg.optim)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                      config=deepspeed_config(cfg, 1))  # fmt: skip
+    engine = build_engine(cfg, model, world=1)
 
     def step() -> torch.Tensor:
         loss = _loss(engine, batch)
@@ -85,7 +72,9 @@ def _engine_step(cfg: Config, model, batch):
 
 
 def _torch_step(cfg: Config, model, batch):
-    opt, sched = _optimizer(model, cfg.optim)
+    from vlpdist.engine.schedule import optimizer
+
+    opt, sched = optimizer(model, cfg.optim)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> torch.Tensor:

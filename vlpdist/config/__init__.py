@@ -1,6 +1,7 @@
 """Typed configs: `load(Config, path, overrides, command=...)`; see loader.py for the
 precedence and sections.py for what each command reads (`COMMANDS`)."""
 
+from vlpdist.config.common import DataSource, RetryConfig, StorageConfig
 from vlpdist.config.loader import (
     SECRET,
     Invalid,
@@ -15,19 +16,14 @@ from vlpdist.config.sections import (
     CaptionConfig,
     Config,
     DataConfig,
-    DataSource,
     DeepSpeedConfig,
     EvalConfig,
     ModelConfig,
     OptimConfig,
-    RetryConfig,
     RunConfig,
-    StorageConfig,
-    StudyConfig,
-    StudyResources,
-    StudyTask,
     command_of,
 )
+from vlpdist.config.study import StudyConfig, StudyResources, StudyTask
 from vlpdist.config.synth import DomainConfig, SynthConfig
 
 __all__ = [

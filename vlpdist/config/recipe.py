@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vlpdist.config.common import StorageConfig
 from vlpdist.config.loader import Invalid
-from vlpdist.config.sections import StorageConfig
 
 
 @dataclass

@@ -134,10 +134,11 @@ def prune(storage: Storage, run_url: str, keep_last: int) -> None:
 def rng_state(device: torch.device) -> dict:
     """Every generator training draws from on this rank, as JSON (no pickle)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     out = {
         "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
         "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "python": [version, list(internal), gauss_next],
     }
     if device.type == "cuda":
         cuda = torch.cuda.get_rng_state(device).numpy().tobytes()

@@ -19,7 +19,6 @@ import time
 
 import torch
 import yaml
-from torch.optim.lr_scheduler import LambdaLR
 
 from vlpdist import __version__
 from vlpdist.config import Config, dump_yaml
@@ -29,7 +28,7 @@ from vlpdist.engine import checkpoint, exports, setup
 from vlpdist.engine import lease as L
 from vlpdist.engine.dist import Dist, init
 from vlpdist.engine.evaluate import Evaluator
-from vlpdist.engine.schedule import param_groups, warmup_linear
+from vlpdist.engine.schedule import optimizer
 from vlpdist.engine.telemetry import Telemetry
 from vlpdist.errors import VlpdistError
 from vlpdist.models.flavors import DataDims
@@ -80,9 +79,22 @@ def _take_run(cfg: Config, dist: Dist, storage, run_url: str, claim: int | None)
     return msg[0]
 
 
-def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
+def build_engine(cfg: Config, model, world: int, universal: bool = False):
+    """DeepSpeed's engine over `model`, configured from ours, with AdamW and its schedule;
+    `universal` loads a checkpoint converted for another world size. What every run and
+    `vlpdist bench train` step through."""
     import deepspeed
 
+    opt, schedule = optimizer(model, cfg.optim)
+    ds_config = setup.deepspeed_config(cfg, world)
+    if universal:
+        ds_config["checkpoint"] = {"load_universal": True}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=schedule,
+                                      config=ds_config)  # fmt: skip
+    return engine
+
+
+def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
     # -- setup (the checks that need no process group ran in preflight)
     tuning = cfg.data.task not in ("pretrain", "caption")  # evaluated on a val split
     t_start = time.time()
@@ -108,15 +120,7 @@ def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
                             task=cfg.data.task, freeze_base=m.freeze_base,
                             text_init=m.text_init)  # fmt: skip
     flops = flops_per_sample(model, cfg.data.max_text_tokens, cfg.data.max_regions)["train_step"]
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr,
-                                  betas=tuple(o.betas), eps=o.eps)  # fmt: skip
-    schedule = LambdaLR(optimizer, lambda s: warmup_linear(s, o.warmup_steps, o.total_steps))
-    ds_config = setup.deepspeed_config(cfg, dist.world)
-    if universal:
-        ds_config["checkpoint"] = {"load_universal": True}
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                      config=ds_config)  # fmt: skip
+    engine = build_engine(cfg, model, dist.world, universal)
     state = {"step": 0, "evals": [], "best": None}
     if latest:
         state.update(checkpoint.load(engine, dist, storage, latest, universal, cfg.run.seed))

@@ -1,8 +1,11 @@
-"""Learning-rate schedule and optimizer parameter groups: small pure helpers."""
+"""Learning-rate schedule, optimizer parameter groups, and the optimizer every run and
+benchmark trains with: small helpers."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 
 def warmup_linear(step: int, warmup: int, total: int) -> float:
@@ -33,3 +36,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": unique[0], "weight_decay": weight_decay},
         {"params": unique[1], "weight_decay": 0.0},
     ]
+
+
+def optimizer(model: nn.Module, o) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """AdamW over `param_groups` and its warmup-linear schedule, from an `OptimConfig`."""
+    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr,
+                            betas=tuple(o.betas), eps=o.eps)  # fmt: skip
+    return opt, LambdaLR(opt, lambda s: warmup_linear(s, o.warmup_steps, o.total_steps))

@@ -26,7 +26,6 @@ OBJECTIVE_NEEDS = {"mrc": ("cls_prob_dim", "region classification: KL to the det
 class Preflight:
     storage: Storage
     run_url: str
-    latest: str | None  # newest complete checkpoint, resumed from
 
 
 def deepspeed_config(cfg: Config, world: int) -> dict:
@@ -84,7 +83,8 @@ def preflight(cfg: Config, command: str) -> Preflight:
     latest = (checkpoint.committed(storage, run_url) or [(0, None)])[-1][1]
     if latest:
         checkpoint.check_same_model(storage, latest, yaml.safe_load(dump_yaml(cfg, redact=True)))
-    return Preflight(storage, run_url, latest)
+    # which checkpoint to resume from is the lease's business, decided when the run starts
+    return Preflight(storage, run_url)
 
 
 def _check_sources(storage: Storage, cfg: Config) -> dict:

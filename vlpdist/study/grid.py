@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from vlpdist.config import Config, DataSource, load
-from vlpdist.config.sections import StudyResources
+from vlpdist.config.study import StudyResources
 from vlpdist.storage import is_local, join
 
 SCRATCH = "scratch"

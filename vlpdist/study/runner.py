@@ -189,10 +189,11 @@ def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) ->
     if not todo:
         return {**summary, "rows": states(grid, records, [])}
     claim = results.take_over()
-    _revoke(todo, claim)
+    _revoke(results.storage, todo, claim)
     summary["ray"] = connect()
     capacity = ray.cluster_resources()
     total = (capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
+    summary["cluster"] = {"cpus": total[0], "gpus": total[1]}
     for spec in todo:
         cpu, gpu = _need(spec)
         if cpu > total[0] or gpu > total[1]:
@@ -251,11 +252,10 @@ def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) ->
     return {**summary, "rows": states(grid, records, [])}
 
 
-def _revoke(todo: list[RunSpec], claim: int) -> None:
+def _revoke(storage: Storage, todo: list[RunSpec], claim: int) -> None:
     """Claim every run about to be scheduled that an earlier driver started: whatever of it
-    still runs stops at its next lease check."""
+    still runs stops at its next lease check. (Every run of a study has its storage.)"""
     for spec in todo:
-        storage = Storage(spec.cfg.storage)
         if lease.read(storage, spec.url) is not None:
             found = checkpoint.committed(storage, spec.url)
             lease.revoke(storage, spec.url, claim, found[-1][0] if found else 0)

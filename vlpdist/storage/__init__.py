@@ -12,12 +12,14 @@
 - Writes are atomic for readers: on object stores a single PUT/multipart upload becomes
   visible only when complete; on file systems we write a temporary name and rename.
   A multi-object dataset is committed by writing its manifest last.
+
+What counts as transient is `faults.py`; S3 range reads that resume at the byte and the
+HTTP session that counts re-sends are `s3.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import logging
 import os
@@ -31,29 +33,16 @@ from typing import TypeVar
 
 import fsspec
 
-from vlpdist.config.sections import StorageConfig
+from vlpdist.config.common import StorageConfig
 from vlpdist.errors import StorageError
+from vlpdist.storage.faults import classify, client_error_info
+from vlpdist.storage.s3 import RangeReader, counting_session, s3_range_into
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Protocols whose single-object upload is atomic (visible only once complete).
 ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
-TRANSIENT_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "InternalError",
-    "ServiceUnavailable",
-    "503",
-    "500",
-    "502",
-    "504",
-}
-DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
-TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE, errno.ECONNABORTED}
 
 
 def split_protocol(url: str) -> tuple[str, str]:
@@ -75,68 +64,6 @@ def join(base: str, *parts: str) -> str:
 
 def is_local(url: str) -> bool:
     return split_protocol(url)[0] == "file"
-
-
-# ---------------------------------------------------------------- error classification
-
-
-def _client_error_info(exc: BaseException) -> tuple[str | None, int | None]:
-    """Walk the cause chain for a botocore ClientError: (code, http status)."""
-    seen = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        response = getattr(cur, "response", None)
-        if isinstance(response, dict) and "Error" in response:
-            code = response["Error"].get("Code")
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return (str(code) if code is not None else None), status
-        cur = cur.__cause__ or cur.__context__
-    return None, None
-
-
-def _chain_names(exc: BaseException) -> set[str]:
-    names, cur, seen = set(), exc, set()
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        names.update(c.__name__ for c in type(cur).__mro__)
-        cur = cur.__cause__ or cur.__context__
-    return names
-
-
-def classify(exc: BaseException) -> str:
-    """'transient', 'denied', 'missing_bucket', 'not_found' or 'permanent'."""
-    code, status = _client_error_info(exc)
-    if code == "NoSuchBucket":
-        return "missing_bucket"
-    if code in DENIED_CODES or status == 403 or isinstance(exc, PermissionError):
-        return "denied"
-    if code in TRANSIENT_CODES or (status is not None and status >= 500) or status == 429:
-        return "transient"
-    if code in {"NoSuchKey", "404", "NotFound"} or isinstance(exc, FileNotFoundError):
-        return "not_found"
-    names = _chain_names(exc)
-    transient_names = {
-        "ConnectionError",
-        "TimeoutError",
-        "ClientConnectionError",  # aiohttp
-        "ServerDisconnectedError",
-        "ClientPayloadError",
-        "EndpointConnectionError",  # botocore
-        "ConnectionClosedError",
-        "ReadTimeoutError",
-        "ConnectTimeoutError",
-        "ResponseStreamingError",
-        "IncompleteReadError",
-        "HTTPClientError",
-        "FSTimeoutError",  # fsspec
-        "IncompleteRead",  # http.client
-    }
-    if names & transient_names:
-        return "transient"
-    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
-        return "transient"
-    return "permanent"
 
 
 def _bucket(url: str) -> str:
@@ -196,7 +123,7 @@ class Storage:
                     "retries": {"total_max_attempts": 1, "mode": "standard"},
                     "connect_timeout": 10,
                     "read_timeout": 60,
-                    "http_session_cls": _counting_session(self),
+                    "http_session_cls": counting_session(self),
                 },
                 "client_kwargs": {"region_name": s["region"]} if s["region"] else {},
             }
@@ -253,7 +180,7 @@ class Storage:
         raise AssertionError("unreachable")
 
     def _describe(self, e: BaseException) -> str:
-        code, status = _client_error_info(e)
+        code, status = client_error_info(e)
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         label = (
             type(e).__name__
@@ -290,7 +217,7 @@ class Storage:
         fs, path = self.filesystem(url)
         if split_protocol(url)[0] in ("s3", "s3a") and start is not None and end is not None:
             got = bytearray()
-            self.call("read", url, lambda: _s3_range_into(fs, path, start + len(got), end, got))
+            self.call("read", url, lambda: s3_range_into(fs, path, start + len(got), end, got))
             return bytes(got)
         return self.call("read", url, lambda: fs.cat_file(path, start=start, end=end))
 
@@ -306,7 +233,7 @@ class Storage:
                 return open(path, "rb")  # noqa: SIM115 - returned to the caller
             except OSError as e:
                 raise self._permanent(classify(e), "read", url, e) from None
-        return io.BufferedReader(_RangeReader(self, url, chunk_size), buffer_size=chunk_size)
+        return io.BufferedReader(RangeReader(self, url, chunk_size), buffer_size=chunk_size)
 
     def iter_chunks(self, url: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
         with self.open_read(url, chunk_size) as f:
@@ -419,95 +346,3 @@ class Storage:
     def rm(self, url: str, recursive: bool = False) -> None:
         fs, path = self.filesystem(url)
         self.call("delete", url, lambda: fs.rm(path, recursive=recursive))
-
-
-def _counting_session(storage: Storage):
-    """aiobotocore's HTTP session with a TraceConfig that counts, per request, the times its
-    headers were sent: more than once is aiohttp's own silent re-send."""
-    import aiohttp
-    from aiobotocore.httpsession import AIOHTTPSession
-
-    async def start(_session, ctx, _params) -> None:
-        ctx.sends = 0
-
-    async def sent(_session, ctx, _params) -> None:
-        ctx.sends = getattr(ctx, "sends", 0) + 1
-        if ctx.sends > 1:
-            storage.resends += 1
-
-    if not hasattr(AIOHTTPSession, "_get_session"):  # another aiobotocore: count nothing
-        return AIOHTTPSession
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(start)
-    trace.on_request_headers_sent.append(sent)
-    trace.freeze()
-
-    class CountingSession(AIOHTTPSession):
-        async def _get_session(self, proxy_url):
-            session = await super()._get_session(proxy_url)
-            if trace not in session.trace_configs:
-                session.trace_configs.append(trace)
-            return session
-
-    return CountingSession
-
-
-def _s3_range_into(fs, path: str, start: int, end: int, out: bytearray) -> None:
-    """GET bytes [start, end) of an S3 object, appending to `out` as they arrive: when the
-    connection breaks mid-body, what was received stays in `out` for the next attempt.
-    (s3fs's cat_file reads the whole body before returning, losing a partial read.)"""
-    from fsspec.asyn import sync
-
-    if start >= end:
-        return
-    bucket, key, version = fs.split_path(path)
-
-    async def fetch() -> None:
-        kw = {"VersionId": version} if version else {}
-        resp = await fs._call_s3(
-            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **kw
-        )
-        body = resp["Body"]
-        try:
-            while chunk := await body.read(1 << 20):
-                out.extend(chunk)
-        finally:
-            body.close()
-
-    sync(fs.loop, fetch)
-
-
-class _RangeReader(io.RawIOBase):
-    """Raw sequential reader over ranged GETs; each range is retried by `Storage.call`,
-    so a connection reset mid-object resumes at the exact byte offset."""
-
-    def __init__(self, storage: Storage, url: str, chunk_size: int):
-        self.storage, self.url, self.chunk_size = storage, url, chunk_size
-        self.pos = 0
-        self.total = storage.size(url)
-
-    def readable(self) -> bool:
-        return True
-
-    def readall(self) -> bytes:
-        # RawIOBase's default reads 8 KB at a time: one request each
-        parts = []
-        while self.pos < self.total:
-            end = min(self.total, self.pos + self.chunk_size)
-            parts.append(self.storage.read_bytes(self.url, self.pos, end))
-            self.pos = end
-        return b"".join(parts)
-
-    def readinto(self, b) -> int:
-        if self.pos >= self.total:
-            return 0
-        end = min(self.total, self.pos + max(len(b), 1))
-        data = self.storage.read_bytes(self.url, self.pos, end)
-        if not data:
-            raise StorageError(
-                f"{self.url}: object ended at byte {self.pos} of {self.total}", "short"
-            )
-        n = len(data)
-        b[:n] = data
-        self.pos += n
-        return n
