@@ -15,6 +15,7 @@ from faultproxy import FaultProxy
 
 from vlpdist.config import Config, DataConfig, DataSource, RetryConfig, StorageConfig, load
 from vlpdist.data.answers import soft_scores
+from vlpdist.data.collate import shuffle_regions
 from vlpdist.data.loader import Loader
 from vlpdist.errors import ShardError, StorageError, VlpdistError
 from vlpdist.shards.reader import iter_samples
@@ -192,6 +193,27 @@ def test_vqa_soft_scores_match_the_official_formula(world):
             checked += 1
         assert b.answers == [texts[q] for q in b.text_ids]  # what the official metric scores
     assert checked > 100
+
+
+def test_shuffled_regions_always_come_from_another_image(world):
+    # the eval order keeps an image's questions together: the next sample is mostly the
+    # same image, which is no control at all
+    cfg = cfg_for(world / "vqa_val", task="vqa", answer_min_count=1, batch_size=16)
+    seen = 0
+    for b in Loader(cfg):
+        shuffled = shuffle_regions(b)
+        real = (~b.is_pad).nonzero().flatten().tolist()
+        owner = {}  # whose regions each sample now has, found by content
+        for i in real:
+            hits = [j for j in real if torch.equal(shuffled.feats[i], b.feats[j])]
+            assert hits, "regions that are no sample's"
+            owner[i] = hits
+            assert all(b.keys[j] != b.keys[i] for j in hits), (b.keys[i], [b.keys[j] for j in hits])
+        # a permutation: every sample's regions are used once
+        assert sorted(min(h) for h in owner.values()) == sorted(min(owner[i]) for i in real)
+        assert torch.equal(shuffled.input_ids, b.input_ids) and shuffled.keys == b.keys
+        seen += len(real)
+    assert seen > 30 and max(Counter(b.keys).values()) > 1  # images did repeat in a batch
 
 
 def test_train_fraction_is_a_seeded_nested_subset_fixed_across_epochs(world):

@@ -13,6 +13,7 @@ import torch
 
 from vlpdist.analysis import grounding as G
 from vlpdist.config import DataConfig, DataSource
+from vlpdist.data.collate import shuffle_regions
 from vlpdist.data.loader import Loader
 from vlpdist.models.export import save_pretrained
 from vlpdist.models.flavors import DataDims
@@ -83,7 +84,7 @@ def test_true_and_shuffled_are_counted_apart(world):
     ids, _ = G._ids_by_kind(tok, G.word_lists(loader.stream.sources[0].manifest))
     model = ReadsTheRegions(batch, len(tok))
     counts = {f"{k}_{v}": [0, 0] for k in G.KINDS for v in ("true", "shuffled")}
-    for view, b in (("true", batch), ("shuffled", G._shuffled(batch))):
+    for view, b in (("true", batch), ("shuffled", shuffle_regions(batch))):
         G._score_words(model, b, batch, ids, tok.mask_token_id, view, counts, model_inputs)
     result = G._summary("e", "d", 8, counts, None, 0)
     colors = result["kinds"]["color"]

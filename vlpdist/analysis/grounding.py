@@ -22,6 +22,7 @@ import tempfile
 import torch
 
 from vlpdist.config import DataConfig, DataSource
+from vlpdist.data.collate import shuffle_regions
 from vlpdist.errors import VlpdistError
 from vlpdist.storage import Storage, join
 
@@ -73,12 +74,6 @@ def _ids_by_kind(tok, lists: dict[str, list[str]]) -> tuple[dict[str, torch.Tens
     return out, split
 
 
-def _shuffled(batch):
-    from vlpdist.engine.evaluate import shuffle_regions
-
-    return shuffle_regions(batch)
-
-
 def probe(export: str, data: str, storage: Storage | None = None, samples: int = 512,
           batch_size: int = 64) -> dict:  # fmt: skip
     """Accuracy by kind with true and shuffled regions (and ITM's) on up to `samples` images
@@ -120,7 +115,7 @@ def probe(export: str, data: str, storage: Storage | None = None, samples: int =
                 if seen >= samples:
                     break
                 seen += int((~batch.is_pad).sum())
-                for view, b in (("true", batch), ("shuffled", _shuffled(batch))):
+                for view, b in (("true", batch), ("shuffled", shuffle_regions(batch))):
                     _score_words(model, b, batch, ids, tok.mask_token_id, view, counts,
                                  model_inputs)  # fmt: skip
                     if "itm" in model.heads:

@@ -96,7 +96,9 @@ class SynthConfig:
     hypotheses_per_image: int = 3
     """Distinct SNLI-VE-like hypotheses per image; labels are balanced per image."""
     answer_agreement: float = 0.85
-    """Mean share of the 10 annotators who give the true answer; the rest disagree."""
+    """Mean share of the 10 annotators who give the true answer to a number or other
+    question (drawn per question, floored at 0.6); the rest disagree. Yes/no annotators agree
+    more, calibrated to VQA v2 (`YES_NO_AGREEMENT` in vlpdist.shards.synthetic.tasks)."""
     alt_literal: float = 0.2
     """Probability an alt-text (cc_like) names an object by its literal class word."""
     alt_misaligned: float = 0.25

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -247,3 +248,25 @@ class Collator:
                 if g in self.label_index:
                     hot[i, self.label_index[g]] = 1.0
         return hot
+
+
+def shuffle_regions(batch):
+    """The batch with each real sample's regions taken from a real sample of another image;
+    texts and targets stay, padding keeps its own.
+
+    A VQA or SNLI-VE image comes with several texts, next to each other in an eval batch, so
+    taking the next sample's regions would mostly give a question its own image back. The
+    real samples are ordered by image and each takes the regions m places on, m the most
+    texts one image has in the batch: that pairs every text with another image whenever no
+    image holds more than half of the batch (a batch of one image's texts keeps its own)."""
+    real = torch.nonzero(~batch.is_pad).flatten().tolist()
+    if len(real) < 2:
+        return batch
+    by_image = sorted(real, key=lambda i: batch.keys[i])  # stable: an image's texts in order
+    m = max(Counter(batch.keys[i] for i in real).values())
+    order = list(range(len(batch)))
+    for j, i in enumerate(by_image):
+        order[i] = by_image[(j + m) % len(by_image)]
+    index = torch.tensor(order, device=batch.feats.device)
+    moved = {k: getattr(batch, k)[index] for k in ("feats", "boxes", "region_mask")}
+    return dataclasses.replace(batch, **moved)

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as tdist
 
 from vlpdist.analysis.metrics import PRIMARY, metric_for
+from vlpdist.data.collate import shuffle_regions
 from vlpdist.data.loader import Loader
 from vlpdist.engine.dist import Dist
 from vlpdist.models.losses import model_inputs
@@ -64,15 +65,3 @@ class Evaluator:
         merged = metric_for(self.task)
         merged.merge(np.asarray(state.cpu()))
         return merged.compute()
-
-
-def shuffle_regions(batch):
-    """The batch with each real sample's regions taken from the next real sample (a
-    derangement among the real samples; padding keeps its own): texts and targets stay."""
-    real = torch.nonzero(~batch.is_pad).flatten()
-    if len(real) < 2:
-        return batch
-    order = torch.arange(len(batch), device=real.device)
-    order[real] = real.roll(-1)
-    moved = {k: getattr(batch, k)[order] for k in ("feats", "boxes", "region_mask")}
-    return dataclasses.replace(batch, **moved)

@@ -54,13 +54,29 @@ class Writer:
     def chance(self, p: float) -> bool:
         return bool(self.rng.random() < p)
 
-    def other_color(self, exclude: set[int]) -> int:
-        choices = [k for k in range(self.w.num_colors) if k not in exclude]
-        return self.pick(choices or range(self.w.num_colors))
+    def pick_weighted_from(self, choices: list[int], weights) -> int:
+        p = np.asarray(weights, float)[choices]
+        return choices[int(self.rng.choice(len(choices), p=p / p.sum()))]
 
-    def absent_class(self, sc: ImageScene) -> int:
+    def other_color(self, exclude: set[int], cls: int | None = None) -> int:
+        """A colour not in `exclude`; of a class, as often as that class has it, so a wrong
+        colour in a "no" question or a contradiction is as plausible as a true one."""
+        choices = [k for k in range(self.w.num_colors) if k not in exclude]
+        if not choices:
+            return self.pick(range(self.w.num_colors))
+        if cls is None:
+            return self.pick(choices)
+        return self.pick_weighted_from(choices, self.w.color_prior[cls])
+
+    def absent_class(self, sc: ImageScene, weights=None) -> int:
+        """A class not in the image, drawn as often as its pool shows it (times `weights`),
+        so "is there a dog?" is no likelier to be "no" for a common class than a rare one."""
         present = set(sc.classes())
-        return self.pick(c for c in range(self.w.num_classes) if c not in present)
+        choices = [c for c in range(self.w.num_classes) if c not in present]
+        if sc.class_prior is None:
+            return self.pick(choices)
+        w = sc.class_prior if weights is None else sc.class_prior * weights
+        return self.pick_weighted_from(choices, w)
 
     def distinct(
         self, n: int, plan: Callable[[int], Any], draw: Callable[[Any], dict | None]

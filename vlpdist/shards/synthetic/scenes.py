@@ -38,6 +38,7 @@ class ImageScene:
     blur: float
     genres: list[int]  # MM-IMDB-like: all genres of the movie
     plot_genres: list[int]  # the genres its plot gives away
+    class_prior: np.ndarray | None = None  # its pool's: how often each class is drawn
 
     def count(self, cls: int, color: int | None = None) -> int:
         return sum(o.cls == cls and (color is None or o.color == color) for o in self.objects)
@@ -54,7 +55,7 @@ class Scenes:
         rng = world.rng("scenes", pool)
         self.pool, self.domain, self.n = pool, domain, n
         C, G = world.num_classes, len(world.genres)
-        prior = world.class_prior(pool, domain["prior_shift"])
+        self.class_prior = prior = world.class_prior(pool, domain["prior_shift"])
         lo, hi = domain["objects"]
         n_obj = rng.integers(lo, hi + 1, n)
         cand = rng.choice(C, size=(n, 12), p=prior)
@@ -141,4 +142,5 @@ class Scenes:
             blur=float(self.blur[i]),
             genres=[int(g) for g in np.flatnonzero(self.genres[i])],
             plot_genres=[int(g) for g in np.flatnonzero(self.plot_genres[i])],
+            class_prior=self.class_prior,
         )
