@@ -188,6 +188,19 @@ def test_world_says_it_is_synthetic(world):
         assert index["cls_prob_dim"] == len(card["cls_prob_labels"])
 
 
+def test_the_card_says_what_a_region_tells_a_linear_probe(world):
+    root, _, _ = world
+    probe = json.loads((root / "world.json").read_text())["features"]["linear_probe"]
+    assert set(probe) == {"coco", "web", "blind"}
+    for domain, row in probe.items():
+        assert row["objects"] > 100
+        for key in ("class", "color", "size"):  # readable, from held-out images
+            assert row["chance"][key] + 0.15 < row[key] <= 1.0, (domain, key, row)
+    # the detector was trained on the photo look: it is surest there
+    assert probe["coco"]["detector_class"] > max(probe["web"]["detector_class"],
+                                                 probe["blind"]["detector_class"])  # fmt: skip
+
+
 def test_deterministic_from_seed(world, tmp_path):
     _, first, _ = world
     again, _ = build(tmp_path / "again")

@@ -21,6 +21,7 @@ from vlpdist.config.sections import Config
 from vlpdist.errors import ConfigError, ShardError
 from vlpdist.shards.schema import Sample, make_key
 from vlpdist.shards.synthetic import text
+from vlpdist.shards.synthetic.readability import linear_probe
 from vlpdist.shards.synthetic.scenes import SIZE_AREAS
 from vlpdist.shards.synthetic.tasks import TaskWriter
 from vlpdist.shards.synthetic.world import CHUNK, World
@@ -222,6 +223,8 @@ def world_card(world: World, sizes: dict[str, int], vocab_size: int) -> dict:
             "dtype": "float16",
             "how": "ReLU(concept vector (class prototype + colour + size x log-area + noise, "
             "domain style applied) @ fixed random orthonormal embedding x style gain + noise)",
+            # what one object's region tells a linear classifier, per domain (held-out images)
+            "linear_probe": linear_probe(world),
         },
         "cls_prob_labels": world.labels,
         "classes": [
