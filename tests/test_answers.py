@@ -10,16 +10,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from vlpdist.data.answers import (
-    ANSWERS_FILE,
+from vlpdist.data.answers import ANSWERS_FILE, soft_scores, vocab_from_doc, vqa_accuracy
+from vlpdist.shards.answers import (
     answers_doc,
     count_answers,
     normalize_answer,
-    soft_scores,
     target_answer,
     vocab_from_counts,
-    vocab_from_doc,
-    vqa_accuracy,
 )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlpdist.analysis.metrics import (
+from vlpdist.metrics import (
     PRIMARY,
     Accuracy,
     MultiLabelF1,

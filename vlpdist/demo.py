@@ -11,8 +11,6 @@ Rerunning it reuses what exists: the captions, and every run that has a result r
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -66,10 +64,10 @@ def run_demo(out: str, overrides: list[str] | tuple[str, ...] = ()) -> int:
         ], command="caption")  # fmt: skip
         result = caption_set(cap, progress=False)
         print(f"  {result['samples']} images captioned in {time.time() - t0:.0f}s since start")
-    return run_study_demo(out, storage, t0)
+    return run_study_demo(out, t0)
 
 
-def run_study_demo(out: str, storage: Storage, t0: float) -> int:
+def run_study_demo(out: str, t0: float) -> int:
     from vlpdist.analysis.report import (
         grounding,
         grounding_markdown,
@@ -103,36 +101,3 @@ def run_study_demo(out: str, storage: Storage, t0: float) -> int:
     if failed:
         print(f"FAILED runs: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def stream_some(cfg: Config, out: str, batches: int = 4) -> None:
-    """A few batches of the in-domain pretraining mix and of the VQA-like task, with the
-    loader's telemetry."""
-    from vlpdist.config import DataSource
-    from vlpdist.data.loader import Loader
-
-    runs = {
-        "pretrain (coco_like 0.5 + vqa_p 0.5)": dataclasses.replace(
-            cfg.data,
-            sources=[DataSource(join(out, "shards", n), 0.5) for n in ("coco_like", "vqa_p")],
-            task="pretrain",
-        ),
-        "vqa (vqa_train)": dataclasses.replace(
-            cfg.data, sources=[DataSource(join(out, "shards", "vqa_train"))], task="vqa"
-        ),
-    }
-    for title, data in runs.items():
-        loader = Loader(data, cfg.storage)
-        print(f"\nstreaming {title}: {len(loader)} batches of {data.batch_size} per epoch")
-        for i, batch in enumerate(loader):
-            if i == 0:
-                shapes = {
-                    f.name: list(v.shape)
-                    for f in dataclasses.fields(batch)
-                    for v in [getattr(batch, f.name)]
-                    if hasattr(v, "shape")
-                }
-                print(f"  batch 0: {shapes}")
-            if i + 1 == batches:
-                break
-        print("  telemetry: " + json.dumps(loader.telemetry()))

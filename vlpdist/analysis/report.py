@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import statistics
@@ -28,8 +27,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from vlpdist.analysis.plots import plots
+from vlpdist.config import Config, load
 from vlpdist.errors import VlpdistError
 from vlpdist.storage import Storage, join
+from vlpdist.study.grid import study_root
+from vlpdist.study.results import Results
 
 SCRATCH = "scratch"  # the study's name for fine-tuning from random weights
 TEXT_ONLY = "text-only"  # and for the control without regions
@@ -100,19 +102,11 @@ class Table:
 
 
 def load_records(root_url: str, storage: Storage | None = None) -> list[dict]:
-    """Every record under `<root_url>/results/`, by run name; an unreadable one becomes a
-    failed record naming its file, so that it is reported rather than dropped."""
-    storage = storage or Storage()
-    out = []
-    for url in storage.ls(join(root_url, "results")):
-        if not url.endswith(".json"):
-            continue
-        try:
-            out.append(json.loads(storage.read_text(url)))
-        except json.JSONDecodeError as e:
-            name = url.rsplit("/", 1)[-1][: -len(".json")]
-            out.append({"run": name, "status": "failed", "error": f"{url}: unreadable ({e.msg})"})
-    return sorted(out, key=lambda r: str(r.get("run", "")))
+    """Every record under `<root_url>/results/` (the study's results store), by run name; an
+    unreadable one becomes a failed record naming its file, so that it is reported rather
+    than dropped."""
+    records = Results(storage or Storage(), root_url).all()
+    return sorted(records.values(), key=lambda r: str(r.get("run", "")))
 
 
 def labels(record: dict) -> dict | None:
@@ -365,12 +359,9 @@ def drift_curves(records: list[dict]) -> dict[str, dict[tuple[str, str], dict]]:
 
 def _resolve(study: str, overrides) -> tuple[str, Storage]:
     """(study root URL, storage) from a study config file or a study root URL."""
-    from vlpdist.config import Config, load
-
     if study.endswith((".yaml", ".yml")):
         cfg = load(Config, study, list(overrides), command="study")
-        # the study's own layout (vlpdist.study.grid.study_root), without importing study
-        return join(cfg.run.output, cfg.study.name), Storage(cfg.storage)
+        return study_root(cfg), Storage(cfg.storage)
     bad = [o for o in overrides if not o.startswith("storage.")]
     if bad:
         raise VlpdistError(

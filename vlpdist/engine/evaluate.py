@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from vlpdist.analysis.metrics import PRIMARY, metric_for
 from vlpdist.data.collate import shuffle_regions
 from vlpdist.data.loader import Loader
 from vlpdist.engine.dist import Dist
+from vlpdist.metrics import PRIMARY, metric_for
 from vlpdist.models.losses import model_inputs
 
 

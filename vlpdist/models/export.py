@@ -98,7 +98,8 @@ def load_pretrained(
     head (fresh) and `num_labels` outputs."""
     c = read_config(directory)
     same = task is None or task == c["task"]
-    dims = DataDims(**c["dims"])
+    # exports written while DataDims had an (always empty) `extra` field still carry it
+    dims = DataDims(**{k: v for k, v in c["dims"].items() if k != "extra"})
     if not same:
         dims = dataclasses.replace(dims, num_labels=num_labels)
     model = build_model(

@@ -10,7 +10,7 @@ classes) when a model is built.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -141,4 +141,3 @@ class DataDims:
     visual_dim: int
     num_classes: int | None = None  # detector classes (cls_prob dim), for region classification
     num_labels: int | None = None  # task outputs: answers, 3, genres
-    extra: dict = field(default_factory=dict)

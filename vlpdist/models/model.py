@@ -19,7 +19,6 @@ from vlpdist.models.vilbert import ViLBertEncoder
 from vlpdist.models.visual_bert import VisualBertEncoder
 
 ENCODERS = {"visual_bert": VisualBertEncoder, "vilbert": ViLBertEncoder}
-OBJECTIVES = ("mlm", "mrc", "mfr", "itm")
 TASK_LABELS = {"snli_ve": 3}  # the others take their label count from the data
 
 

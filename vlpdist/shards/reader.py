@@ -1,7 +1,7 @@
 """Reading a committed shard set offline: manifest, samples, `verify` and `inspect`.
 
-The online, resumable streaming path lives in `vlpdist.data`; this module is what tools
-and tests use to look at a shard set as a whole.
+The online, resumable streaming path lives in the `data` package (above this one); this
+module is what tools and tests use to look at a shard set as a whole.
 """
 
 from __future__ import annotations

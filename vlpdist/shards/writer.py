@@ -26,9 +26,9 @@ from collections import Counter
 from tqdm import tqdm
 
 from vlpdist import __version__
-from vlpdist.data.answers import answers_doc, count_answers  # pure; shared with the loader
 from vlpdist.errors import ShardError
 from vlpdist.shards import schema
+from vlpdist.shards.answers import answers_doc, count_answers
 from vlpdist.shards.schema import INDEX
 from vlpdist.shards.tokenize import TextEncoder
 from vlpdist.storage import Storage, join

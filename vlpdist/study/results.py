@@ -83,7 +83,11 @@ class Results:
             try:
                 out[name] = json.loads(self.storage.read_text(url))
             except json.JSONDecodeError as e:
-                out[name] = {"status": "failed", "error": f"{url}: unreadable record ({e.msg})"}
+                out[name] = {
+                    "run": name,
+                    "status": "failed",
+                    "error": f"{url}: unreadable record ({e.msg})",
+                }
         return out
 
     def heartbeat(self, running: list[str], counts: dict) -> None:
