@@ -173,7 +173,7 @@ def test_masking_statistics_in_the_pipeline(world):
 
 def test_vqa_soft_scores_match_the_official_formula(world):
     ld = Loader(cfg_for(world / "vqa_train", task="vqa", answer_min_count=1))
-    vocab = ld.stream.labels
+    vocab = ld.labels
     index = {a: i for i, a in enumerate(vocab)}
     texts = {}
     for s in iter_samples(Storage(), str(world / "vqa_train")):

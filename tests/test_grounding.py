@@ -81,7 +81,7 @@ def test_true_and_shuffled_are_counted_apart(world):
     loader = Loader(cfg)
     batch = next(iter(loader))
     tok = AutoTokenizer.from_pretrained(str(world / "coco_val_like/tokenizer"))
-    ids, _ = G._ids_by_kind(tok, G.word_lists(loader.stream.sources[0].manifest))
+    ids, _ = G._ids_by_kind(tok, G.word_lists(loader.manifest))
     model = ReadsTheRegions(batch, len(tok))
     counts = {f"{k}_{v}": [0, 0] for k in G.KINDS for v in ("true", "shuffled")}
     for view, b in (("true", batch), ("shuffled", shuffle_regions(batch))):

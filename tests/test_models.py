@@ -37,9 +37,8 @@ def loader(world, name, task="pretrain", **kw) -> Loader:
 
 
 def dims_for(ld: Loader, num_labels=None) -> DataDims:
-    s = ld.stream
-    m = s.sources[0].manifest
-    return DataDims(vocab_size=s.collator.tok.vocab_size, visual_dim=m["feature_dim"],
+    m = ld.manifest
+    return DataDims(vocab_size=ld.vocab_size, visual_dim=m["feature_dim"],
                     num_classes=m["cls_prob_dim"], num_labels=num_labels)  # fmt: skip
 
 
@@ -66,7 +65,7 @@ def test_every_objective_learns_on_a_fixed_batch(world, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_frozen_base_keeps_encoder_weights_bit_identical(world, arch):
     ld = loader(world, "vqa_train", task="vqa")
-    dims = dims_for(ld, num_labels=len(ld.stream.labels))
+    dims = dims_for(ld, num_labels=len(ld.labels))
     model = build_model(arch, "tiny", dims, task="vqa", freeze_base=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -107,7 +106,7 @@ def test_export_round_trip_is_exact_and_seeds_finetuning(world, arch, tmp_path):
 def test_padding_samples_never_count(world):
     ld = loader(world, "vqa_train", task="vqa")
     batch = next(iter(ld))
-    model = build_model("visual_bert", "tiny", dims_for(ld, len(ld.stream.labels)), task="vqa")
+    model = build_model("visual_bert", "tiny", dims_for(ld, len(ld.labels)), task="vqa")
     model.eval()
     logits = model(**model_inputs(batch))["logits"]
     padded = dataclasses.replace(batch, is_pad=batch.is_pad.clone(), targets=batch.targets.clone())

@@ -81,7 +81,6 @@ def probe(export: str, data: str, storage: Storage | None = None, samples: int =
     from transformers import AutoTokenizer
 
     from vlpdist.analysis.drift import local_export
-    from vlpdist.data.index import download_tokenizer
     from vlpdist.data.loader import Loader
     from vlpdist.models.export import load_pretrained
     from vlpdist.models.losses import model_inputs
@@ -98,14 +97,13 @@ def probe(export: str, data: str, storage: Storage | None = None, samples: int =
                          num_workers=0, max_regions=MAX_REGIONS, seed=0, mlm_prob=0.0,
                          mrm_prob=0.0, itm_prob=0.0, samples_per_epoch=None)  # fmt: skip
         loader = Loader(cfg, storage.cfg)
-        source = loader.stream.sources[0]
-        tok = AutoTokenizer.from_pretrained(download_tokenizer(storage, source, tmp))
+        tok = AutoTokenizer.from_pretrained(loader.tokenizer_dir(storage, tmp))
         if len(tok) != model.dims.vocab_size:
             raise VlpdistError(
                 f"{data}: its tokenizer has {len(tok)} words, the export {export} "
                 f"{model.dims.vocab_size}: another vocabulary"
             )
-        ids, split = _ids_by_kind(tok, word_lists(source.manifest))
+        ids, split = _ids_by_kind(tok, word_lists(loader.manifest))
         counts = {f"{k}_{v}": [0, 0] for k in KINDS for v in ("true", "shuffled")}
         itm = {"true": [0, 0], "shuffled": [0, 0]}
         seen = 0

@@ -26,6 +26,8 @@ as the worker's traceback.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -40,7 +42,13 @@ from vlpdist.data import plan as P
 from vlpdist.data.collate import Batch, Collator
 from vlpdist.data.decode import CorruptSample, Decoded, decode
 from vlpdist.data.fetch import Fetcher
-from vlpdist.data.index import answer_vocab, genre_vocab, open_sources, token_info
+from vlpdist.data.index import (
+    answer_vocab,
+    download_tokenizer,
+    genre_vocab,
+    open_sources,
+    token_info,
+)
 from vlpdist.errors import ShardError, StorageError, VlpdistError
 from vlpdist.shards.schema import SNLI_LABELS
 from vlpdist.storage import Storage, is_local
@@ -261,6 +269,42 @@ class Loader:
     @property
     def epoch(self) -> int:
         return self.stream.epoch
+
+    # -- what the engine, the analyses and the tests ask of a loader, so that nothing
+    # outside vlpdist.data reaches into its stream, collator or sources
+    @property
+    def labels(self) -> list[str] | None:
+        """The task's label vocabulary (answers, SNLI labels, genres); None in pretraining."""
+        return self.stream.labels
+
+    @property
+    def vocab_size(self) -> int:
+        return self.stream.collator.tok.vocab_size
+
+    @property
+    def manifest(self) -> dict:
+        """The first source's manifest: the one the model is built for (feature dim,
+        detector classes, tokenizer); the preflight checks that the others fit it."""
+        return self.stream.sources[0].manifest
+
+    def tokenizer_dir(self, storage: Storage, directory: str) -> str:
+        """The shard set's tokenizer files in a local `directory` (for exports, probes)."""
+        return download_tokenizer(storage, self.stream.sources[0], directory)
+
+    def provenance(self) -> list[dict]:
+        """Which data, exactly: URL, samples, a digest of each source's manifest."""
+        out = []
+        for s in self.stream.sources:
+            digest = hashlib.sha256(json.dumps(s.manifest, sort_keys=True).encode()).hexdigest()
+            out.append({"url": s.url, "samples": int(s.plan.samples.sum()),
+                        "manifest_sha256": digest,
+                        "synthetic": bool(s.manifest.get("synthetic"))})  # fmt: skip
+        return out
+
+    def units(self) -> int:
+        """Training units per epoch over all sources (images in pretraining, else texts)."""
+        per_text = self.cfg.task != "pretrain"
+        return sum(len(self.stream.units(i, per_text)) for i in range(len(self.stream.sources)))
 
     def __len__(self) -> int:
         """Batches left in the current epoch on this rank."""

@@ -9,7 +9,6 @@ complete checkpoint at the exact next sample, on any world size.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -22,7 +21,6 @@ import yaml
 
 from vlpdist import __version__
 from vlpdist.config import Config, dump_yaml
-from vlpdist.data.index import download_tokenizer
 from vlpdist.data.loader import Loader
 from vlpdist.engine import checkpoint, exports, setup
 from vlpdist.engine import lease as L
@@ -41,10 +39,9 @@ log = logging.getLogger(__name__)
 
 
 def data_dims(loader: Loader) -> DataDims:
-    s = loader.stream
-    m = s.sources[0].manifest
-    return DataDims(vocab_size=s.collator.tok.vocab_size, visual_dim=m["feature_dim"],
-                    num_classes=m.get("cls_prob_dim"), num_labels=len(s.labels or []) or None)  # fmt: skip
+    m = loader.manifest
+    return DataDims(vocab_size=loader.vocab_size, visual_dim=m["feature_dim"],
+                    num_classes=m.get("cls_prob_dim"), num_labels=len(loader.labels or []) or None)  # fmt: skip
 
 
 # Each entry takes the preflight's result when its caller already ran it (the CLI does, to
@@ -110,7 +107,7 @@ def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
     if "itm" not in cfg.model.objectives:  # no swapped texts for a model that learns no ITM
         data = dataclasses.replace(data, itm_prob=0.0)
     loader = Loader(data, cfg.storage, rank=dist.rank, world_size=dist.world)
-    labels = loader.stream.labels
+    labels = loader.labels
     dims = data_dims(loader)
     m, init_info = cfg.model, None
     if cfg.run.init_from:
@@ -128,9 +125,7 @@ def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
         state.pop("resumes", None)  # kept by checkpoints of older versions; attempts say it all
     tok_dir = None
     if dist.is_main:  # the export's tokenizer is the shard set's
-        tok_dir = download_tokenizer(
-            storage, loader.stream.sources[0], os.path.join(work.name, "tok")
-        )
+        tok_dir = loader.tokenizer_dir(storage, os.path.join(work.name, "tok"))
     tel = Telemetry(cfg, dist, storage, run_url, os.path.join(work.name, "logs"), flops,
                     state["step"], loader.counters)  # fmt: skip
     evaluator = Evaluator(cfg, dist, labels) if tuning else None
@@ -254,16 +249,6 @@ def _tracer(directory: str | None, rank: int):
     return write
 
 
-def _shards(loader: Loader) -> list[dict]:
-    """Which data, exactly: URL, size and a digest of each source's manifest."""
-    out = []
-    for s in loader.stream.sources:
-        digest = hashlib.sha256(json.dumps(s.manifest, sort_keys=True).encode()).hexdigest()
-        out.append({"url": s.url, "samples": int(s.plan.samples.sum()),
-                    "manifest_sha256": digest, "synthetic": bool(s.manifest.get("synthetic"))})  # fmt: skip
-    return out
-
-
 def _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempts) -> dict:
     """The run's JSON result record: enough to rebuild every table and plot."""
     h = out["history"]
@@ -280,8 +265,7 @@ def _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempt
     else:
         metric = {"name": "loss", "value": h[-1]["loss"] if h else None,
                   "step": h[-1]["step"] if h else None}  # fmt: skip
-    units = sum(len(loader.stream.units(i, cfg.data.task != "pretrain"))
-                for i in range(len(loader.stream.sources)))  # fmt: skip
+    units = loader.units()
     return {
         "run": cfg.run.name,
         "kind": "finetune" if evaluator else cfg.data.task,
@@ -304,8 +288,8 @@ def _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempt
             "best": (state["best"] or {}).get("url"),
             "init_from": cfg.run.init_from,
             "init_from_run": (init_info or {}).get("extra", {}).get("run"),
-            "shards": _shards(loader),
-            "eval_shards": _shards(evaluator.loader) if evaluator else [],
+            "shards": loader.provenance(),
+            "eval_shards": evaluator.loader.provenance() if evaluator else [],
             "attempts": attempts,  # every start of this run, revocations by a driver included
             "resumes": [a for a in attempts if a.get("from")],
             "vlpdist": __version__,
