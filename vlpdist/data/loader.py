@@ -358,24 +358,17 @@ class Loader:
 
     def telemetry(self) -> dict:
         """Counters and stage timings since the loader started (a dict the trainer logs)."""
-        t = dict(self._tel)
+        out = self.counters()
+        seconds = {k: round(out.pop(k), 4) for k in ("wait_s", "wait_prepare_s", *STAGES)}
         elapsed = time.perf_counter() - self._started if self._started else 0.0
-        out = {
-            "batches": t.get("batches", 0),
-            "samples": t.get("samples", 0),
-            "pad_samples": t.get("pad_samples", 0),
-            "samples_per_s": round(t.get("samples", 0) / elapsed, 2) if elapsed else 0.0,
-            "bytes_read": t.get("bytes_read", 0),
-            "requests": t.get("requests", 0),
-            "retries": t.get("retries", 0),
-            "corrupt_samples": t.get("corrupt_samples", 0),
-            "missing_samples": t.get("missing_samples", 0),
+        out.update({
+            "samples_per_s": round(out["samples"] / elapsed, 2) if elapsed else 0.0,
             "skipped_shards": len(self._skipped),
-            "seconds": {k: round(t.get(k, 0.0), 4) for k in ("wait_s", "wait_prepare_s", *STAGES)},
-            "per_source": dict(t["per_source"]),
+            "seconds": seconds,
+            "per_source": dict(self._tel["per_source"]),
             "epoch": self.stream.epoch,
             "consumed": self.stream.consumed,
-        }
+        })  # fmt: skip
         return out
 
     def state_dict(self) -> dict:
