@@ -17,7 +17,6 @@ from vlpdist.data.collate import shuffle_regions
 from vlpdist.data.loader import Loader
 from vlpdist.models.export import save_pretrained
 from vlpdist.models.flavors import DataDims
-from vlpdist.models.losses import model_inputs
 from vlpdist.models.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +84,7 @@ def test_true_and_shuffled_are_counted_apart(world):
     model = ReadsTheRegions(batch, len(tok))
     counts = {f"{k}_{v}": [0, 0] for k in G.KINDS for v in ("true", "shuffled")}
     for view, b in (("true", batch), ("shuffled", shuffle_regions(batch))):
-        G._score_words(model, b, batch, ids, tok.mask_token_id, view, counts, model_inputs)
+        G._score_words(model, b, batch, ids, tok.mask_token_id, view, counts)
     result = G._summary("e", "d", 8, counts, None, 0)
     colors = result["kinds"]["color"]
     assert colors["words"] > 0 and (colors["true"], colors["shuffled"]) == (1.0, 0.0)

@@ -24,6 +24,7 @@ import torch
 from vlpdist.config import DataConfig, DataSource
 from vlpdist.data.collate import shuffle_regions
 from vlpdist.errors import VlpdistError
+from vlpdist.models.losses import model_inputs
 from vlpdist.storage import Storage, join
 
 
@@ -83,7 +84,6 @@ def probe(export: str, data: str, storage: Storage | None = None, samples: int =
     from vlpdist.analysis.drift import local_export
     from vlpdist.data.loader import Loader
     from vlpdist.models.export import load_pretrained
-    from vlpdist.models.losses import model_inputs
 
     storage = storage or Storage()
     with tempfile.TemporaryDirectory(prefix="vlpdist-grounding-") as tmp:
@@ -114,14 +114,13 @@ def probe(export: str, data: str, storage: Storage | None = None, samples: int =
                     break
                 seen += int((~batch.is_pad).sum())
                 for view, b in (("true", batch), ("shuffled", shuffle_regions(batch))):
-                    _score_words(model, b, batch, ids, tok.mask_token_id, view, counts,
-                                 model_inputs)  # fmt: skip
+                    _score_words(model, b, batch, ids, tok.mask_token_id, view, counts)
                     if "itm" in model.heads:
-                        _score_itm(model, b, view, itm, model_inputs)
+                        _score_itm(model, b, view, itm)
     return _summary(export, data, seen, counts, itm if "itm" in model.heads else None, split)
 
 
-def _score_words(model, b, original, ids, mask_id, view, counts, model_inputs) -> None:
+def _score_words(model, b, original, ids, mask_id, view, counts) -> None:
     real = ~original.is_pad
     for kind in KINDS:
         sel = torch.isin(original.input_ids, ids[kind]) & real[:, None]
@@ -138,7 +137,7 @@ def _score_words(model, b, original, ids, mask_id, view, counts, model_inputs) -
         c[1] += int(sel.sum())
 
 
-def _score_itm(model, b, view, itm, model_inputs) -> None:
+def _score_itm(model, b, view, itm) -> None:
     real = ~b.is_pad
     plain = dataclasses.replace(b, mlm_labels=None, mrm_mask=None)
     match = model(**model_inputs(plain))["itm"].argmax(-1)  # 1 = the text is the image's own
