@@ -82,3 +82,22 @@ def test_status_table_counts_every_state():
     assert "loss=1.5000" in text and "no shard set there" in text
     assert text.splitlines()[-1].endswith("done 1  failed 1  running 1  pending 0")
     assert "2/3 finished" in text
+
+
+def test_paper_mini_is_the_papers_whole_study():
+    """configs/study/paper_mini.yaml: both architectures x the paper's pretraining sets and
+    scratch x the four tasks x full/frozen x 10%/100% x 3 seeds, and the text-only control."""
+    cfg = load(Config, str(REPO / "configs/study/paper_mini.yaml"), command="study")
+    runs = plan(cfg)
+    pre = {r.name for r in runs if r.kind == "pretrain"}
+    sets = ("coco", "vqa_p", "cc", "cc_small", "ccg")
+    assert pre == {f"pre-{a}-{s}" for a in ("visual_bert", "vilbert") for s in sets}
+    fine = {r.name for r in runs if r.kind == "finetune"}
+    for arch in ("visual_bert", "vilbert"):
+        for init in (*sets, "scratch", "text-only"):
+            for task in ("vqa", "vizwiz", "snli_ve", "mmimdb"):
+                for mode in ("full", "frozen"):
+                    for frac in ("10pct", "100pct"):
+                        for seed in range(3):
+                            assert f"ft-{arch}-{init}-{task}-{mode}-{frac}-s{seed}" in fine
+    assert len(fine) == 2 * 7 * 4 * 2 * 2 * 3

@@ -435,6 +435,19 @@ def test_texts_of_an_image_are_distinct(world):
         assert np.mean(full) > 0.95, name
 
 
+def test_cc_small_is_the_first_pairs_of_cc(world):
+    """The paper's CC-small is a part of CC, not another sample of the web: the same images
+    with the same alt-texts, as many as coco_like has."""
+    root, manifests, _ = world
+    small = read_samples(root / "shards/cc_small_like")
+    full = {s["key"]: s for s in read_samples(root / "shards/cc_like")}
+    assert len(small) == manifests["coco_like"]["num_samples"] < len(full)
+    for s in small:
+        f = full[s["key"]]
+        assert s["meta"]["texts"] == f["meta"]["texts"]
+        assert np.array_equal(s["feats.npy"], f["feats.npy"])
+
+
 def test_vizwiz_has_unanswerable_questions(world):
     root, _, _ = world
     qs = [t for s in read_samples(root / "shards" / "vizwiz_train") for t in s["meta"]["texts"]]

@@ -26,15 +26,14 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from vlpdist.analysis import findings
 from vlpdist.analysis.plots import plots
 from vlpdist.config import Config, load
 from vlpdist.errors import VlpdistError
 from vlpdist.storage import Storage, join
-from vlpdist.study.grid import study_root
+from vlpdist.study.grid import SCRATCH, TEXT_ONLY, study_root
 from vlpdist.study.results import Results
 
-SCRATCH = "scratch"  # the study's name for fine-tuning from random weights
-TEXT_ONLY = "text-only"  # and for the control without regions
 BASELINES = (SCRATCH, TEXT_ONLY)  # first in every table, in this order
 GROUNDED_MIN_GAP = 0.01  # a shuffle gap of at most 1 point is never taken as grounding
 MODES = ("full", "frozen")  # the paper's order
@@ -397,7 +396,7 @@ def _report(study: str, out: str | None, overrides) -> tuple[dict, list[Table], 
                f"{len(records) - len(done)} failed; "
                f"{sum(r.get('kind') == 'pretrain' for r in records)} pretraining runs. "
                "Every number below is in results.csv (values as recorded, 0..1).", "",
-               markdown(tabs), probes]  # fmt: skip
+               markdown(tabs), probes, findings.markdown(findings.findings(tabs))]  # fmt: skip
         if names:
             doc += ["## Plots", ""] + [f"![{n}]({n})" for n in names] + [""]
         if unplaced:
@@ -422,6 +421,7 @@ def main(args) -> int:
     """CLI entry (args.study, args.out, args.overrides): writes the report, prints the tables."""
     result, tabs, probes = _report(args.study, args.out, getattr(args, "overrides", None) or ())
     sys.stdout.write(markdown(tabs) + (f"\n{probes}" if probes else ""))
+    sys.stdout.write("\n" + findings.markdown(findings.findings(tabs)))
     print(f"\nwrote {result['markdown']}, {result['csv']} and {len(result['plots'])} plots "
           f"({result['tables']} tables)")  # fmt: skip
     return 0

@@ -15,6 +15,7 @@ from vlpdist.config.loader import Invalid
 DATASET_NAMES = (
     "coco_like",
     "cc_like",
+    "cc_small_like",
     "ccg_like",
     "vqa_p",
     "vqa_train",

@@ -44,6 +44,8 @@ class Spec:
     task: str
     size: int  # built-in number of images
     about: str
+    # draw texts as this dataset does: with the pool's shared images, the first N pairs of it
+    texts_of: str | None = None
 
 
 DATASETS = {
@@ -51,6 +53,9 @@ DATASETS = {
                       "in-domain literal captions, several per image (COCO-like)"),
     "cc_like": Spec("web", "web", "train", "alt_text", 6000,
                     "alt-text, one per image; other look, other words, loose (CC-like)"),
+    "cc_small_like": Spec("web", "web", "train", "alt_text", 3000,
+                          "the first image-text pairs of cc_like, as many as coco_like has "
+                          "(the paper's CC-small)", texts_of="cc_like"),
     "ccg_like": Spec("coco", "coco", "train", "generated", 3000,
                      "a CC-style captioner's captions of in-domain images (CC-generated-like)"),
     "vqa_p": Spec("coco", "coco", "train", "vqa_pretrain", 3000,
@@ -118,7 +123,7 @@ class _Out:
             target_shard_bytes=int(world.cfg.target_shard_mb * 1e6),
             progress=progress, overwrite=overwrite,
         )  # fmt: skip
-        self.texts = TaskWriter(world, world.rng("texts", name))
+        self.texts = TaskWriter(world, world.rng("texts", self.spec.texts_of or name))
         self.encoder = TextEncoder(tok, "synthetic-world", world.cfg.max_text_tokens)
 
     def write(self, sc, i: int, image: dict) -> None:
