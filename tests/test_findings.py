@@ -64,27 +64,47 @@ def test_each_question_answered_with_its_numbers():
     # 2 archs x 2 modes x 2 fractions; vqa_p (or frozen coco) beats cc by 7-12 points
     assert domain.comparisons == 8
     assert domain.sentence.startswith("In-domain pretraining (best of coco, vqa_p) beats "
-                                      "out-of-domain cc: 8 of 8 comparisons")  # fmt: skip
+                                      "out-of-domain cc: ahead in 8, behind in 0, level in 0 of 8 comparisons")  # fmt: skip
     assert "8 of 8 beyond the spread over seeds" in domain.sentence
+    # 8 in-domain and 8 cc cells, counted once however many comparisons they are in
     assert "16 of the 16 scores compared are grounded" in domain.sentence
     bigger = found["Is bigger pretraining data always better?"]
-    assert bigger.sentence.startswith("cc_small beats the whole of cc: 0 of 8 comparisons, "
-                                      "mean -2.0 points (8 of 8 beyond")  # fmt: skip
+    assert bigger.sentence.startswith("cc_small beats the whole of cc: ahead in 0, behind in 8, "
+                                      "level in 0 of 8 comparisons, mean -2.0 points (8 of 8 beyond")  # fmt: skip
     generated = found["Do generated in-domain captions beat out-of-domain text?"]
-    assert generated.sentence.startswith("cc beats generated captions (ccg): 0 of 8")
+    assert generated.sentence.startswith(
+        "cc beats generated captions (ccg): ahead in 0, behind in 8"
+    )
     low = found["Does pretraining help more when the downstream data is scarce?"]
     # the best set's gain over scratch: 17 points at 10%, 12 at 100% (coco frozen: 20 / 15)
     assert low.comparisons == 4
-    assert "with less data: 4 of 4 comparisons, mean +5.0" in low.sentence
+    assert (
+        "with less data: ahead in 4, behind in 0, level in 0 of 4 comparisons, mean +5.0"
+        in low.sentence
+    )
     arch = found["VisualBERT or ViLBERT?"]
     assert arch.sentence.startswith("VisualBERT (its best pretraining) beats ViLBERT (its best):"
-                                    " 4 of 4 comparisons, mean +3.0 points")  # fmt: skip
+                                    " ahead in 4, behind in 0, level in 0 of 4 comparisons, mean +3.0 points")  # fmt: skip
     agree = found["Do the best fine-tuned and the best frozen-base pretraining agree?"]
     assert agree.sentence.startswith("The best pretraining set fine-tuned and frozen is the "
                                      "same in 0 of 4 contexts")  # fmt: skip
     assert "visual_bert · 10% · vqa: vqa_p 57.5 / coco 60.5" in agree.sentence
     controls = found["Do the models use the image at all?"]
-    assert "beats the text-only control: 8 of 8" in controls.sentence
+    assert "beats the text-only control: ahead in 8, behind in 0" in controls.sentence
+
+
+def test_level_scores_count_for_neither_side():
+    """Two runs stuck on the same constant answer are level, not a loss: the verdict and
+    the mean agree."""
+    recs = records(sets=("scratch", "coco", "cc"), archs=("visual_bert",), fracs=(0.1,))
+    for r in recs:  # frozen: coco and cc give the same scores
+        lab = r["study"]["labels"]
+        if lab["mode"] == "frozen" and lab["pretrain"] in ("coco", "cc"):
+            r["metric"]["value"] = 0.5 + 0.005 * lab["seed"]
+    domain = _by_question(recs)["Does pretraining on data close to the task's domain help most?"]
+    assert domain.sentence.startswith("In-domain pretraining (best of coco, vqa_p) beats "
+                                      "out-of-domain cc: ahead in 1, behind in 0, level in 1 "
+                                      "of 2 comparisons, mean +2.5 points")  # fmt: skip
 
 
 def test_ungrounded_scores_are_called_language_priors():

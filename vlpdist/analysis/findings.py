@@ -108,33 +108,40 @@ def _pts(x: float) -> str:
 
 
 def _grounding(cells: list[Cell | Score]) -> str:
-    judged = [c.grounded for c in cells if c.grounded is not None]
+    unique = {id(c): c for c in cells}.values()  # a cell can be in several comparisons
+    judged = [c.grounded for c in unique if c.grounded is not None]
     if not judged:
         return ""
     if not any(judged):
         return (" None of these scores is grounded (shuffling the regions costs no more than "
                 "the spread over seeds): this compares language priors, not visio-linguistic "
                 "transfer.")  # fmt: skip
-    return f" {sum(judged)} of the {len(judged)} scores compared are grounded."
+    return (f" {sum(judged)} of the {len(judged)} scores compared "
+            f"{'is' if sum(judged) == 1 else 'are'} grounded; the others compare language "
+            "priors.")  # fmt: skip
 
 
 def _summary(question: str, comps: list[Comparison], wins: str, losses: str,
              missing: str) -> Finding:  # fmt: skip
-    """'a beats b in k of n comparisons (mean ±x points; j beyond the spread over seeds);
-    largest: ...' plus the grounding of the cells compared."""
+    """'a beats b: ahead in w, behind in l, level in t of n comparisons, mean ±x points (j of
+    n beyond the spread over seeds); largest: ...' plus the grounding of the cells compared.
+    The verdict counts the comparisons each way; level ones (the same score: often one
+    constant answer) count for neither."""
     if not comps:
         return Finding(question, f"Not in this study: {missing}.", 0)
     n = len(comps)
-    won = sum(c.delta > 0 for c in comps)
+    ahead = sum(c.delta > 0 for c in comps)
+    behind = sum(c.delta < 0 for c in comps)
     mean = statistics.mean(c.delta for c in comps)
     judged = [c for c in comps if c.beyond_spread is not None]
     beyond = [c for c in judged if c.beyond_spread]
     spread = (f"{len(beyond)} of {len(judged)} beyond the spread over seeds" if judged
               else "one seed each, so no spread to judge by")  # fmt: skip
     top = max(comps, key=lambda c: abs(c.delta))
-    verdict = wins if won > n / 2 else losses if won < n / 2 else "Neither side wins"
-    sentence = (f"{verdict}: {won} of {n} comparisons, mean {_pts(mean)} points ({spread}); "
-                f"largest at {_where(top.context)}: {top.a} {100 * top.cell_a.mean:.1f} vs "
+    verdict = wins if ahead > behind else losses if behind > ahead else "Neither side wins"
+    sentence = (f"{verdict}: ahead in {ahead}, behind in {behind}, level in {n - ahead - behind}"
+                f" of {n} comparisons, mean {_pts(mean)} points ({spread}); largest at "
+                f"{_where(top.context)}: {top.a} {100 * top.cell_a.mean:.1f} vs "
                 f"{top.b} {100 * top.cell_b.mean:.1f}.")  # fmt: skip
     sentence += _grounding([x for c in comps for x in (c.cell_a, c.cell_b)])
     return Finding(question, sentence, n)
@@ -246,7 +253,7 @@ def _controls(index) -> Finding:
     comps = _pairwise(index, lambda c: _best(c, _pretrained(c)), _named(TEXT_ONLY))
     return _summary("Do the models use the image at all?", comps,
                     "The best pretrained model beats the text-only control",
-                    "The text-only control beats every pretrained model",
+                    "The text-only control beats the best pretrained model",
                     "it needs the text-only control (study.controls)")  # fmt: skip
 
 
