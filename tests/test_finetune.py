@@ -155,3 +155,39 @@ def test_wrong_command_for_the_task_is_one_line(world, tmp_path, run_cli):
         run_cli(*pretrain_args(world, str(tmp_path), "data.task=vqa")), "vlpdist finetune"
     )
     one_line_error(run_cli(*finetune_args(world, str(tmp_path), "eval.sources=[]")), "eval.sources")
+
+
+# A fine-tuning run in a process that counts the reads of the shard sets' tokenizer files.
+_COUNT_TOKENIZER_READS = """
+import collections, json, sys
+from vlpdist.shards.tokenize import TOKENIZER_DIR
+from vlpdist.storage import Storage
+reads = collections.Counter()
+def counted(name):
+    original = getattr(Storage, name)
+    def read(self, url, *args, **kw):
+        if f"/{TOKENIZER_DIR}/" in url:
+            reads[url.rsplit("/", 1)[-1]] += 1
+        return original(self, url, *args, **kw)
+    setattr(Storage, name, read)
+for name in ("get_file", "read_bytes", "open_read"):
+    counted(name)
+from vlpdist.cli import main
+code = main(sys.argv[1:])
+print(json.dumps(reads))
+sys.exit(code)
+"""
+
+
+def test_the_tokenizer_is_fetched_once_per_process(world, tmp_path):
+    """The eval loader and the exports use the files the train loader fetched."""
+    import subprocess
+    import sys
+
+    args = finetune_args(world, str(tmp_path), "run.init_from=null", "optim.total_steps=2",
+                         "eval.every=2", "run.checkpoint_every=0")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _COUNT_TOKENIZER_READS, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reads = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert reads and set(reads.values()) == {1}, reads

@@ -14,8 +14,9 @@ from vlpdist.data.loader import Loader
 from vlpdist.models.export import load_pretrained, same_weights, save_pretrained
 from vlpdist.models.flavors import DataDims
 from vlpdist.models.flops import flops_per_sample
-from vlpdist.models.losses import model_inputs, pretrain_losses, task_loss
+from vlpdist.models.losses import model_inputs, pretrain_losses
 from vlpdist.models.model import build_model
+from vlpdist.models.tasks import task_loss
 from vlpdist.shards.synthetic import synthesize
 
 REPO = Path(__file__).resolve().parents[1]

@@ -84,7 +84,7 @@ def test_mrc_on_a_set_without_detector_classes_names_the_set(run_cli, world, tmp
 
 
 def check(path: str, command: str, *overrides: str):
-    return preflight(load(Config, path, list(overrides), command=command), command)
+    return preflight(load(Config, path, list(overrides), command=command))
 
 
 def test_without_mrc_a_set_without_detector_classes_is_fine(world, tmp_path):

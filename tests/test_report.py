@@ -52,7 +52,8 @@ def grid_records(drift: bool = False) -> list[dict]:
                         name = f"ft-{pretrain}-{task}-{mode}-{frac}-s{seed}"
                         if (pretrain, task, mode, frac, seed) == FAILED:
                             out.append({"run": name, "kind": "finetune", "status": "failed",
-                                        "error": "worker died: CUDA OOM", "labels": lab})  # fmt: skip
+                                        "error": "worker died: CUDA OOM",
+                                        "study": {"labels": lab}})  # fmt: skip
                             continue
                         value = base + t_off + m_off + f_off + s_off
                         rec = {"run": name, "kind": "finetune", "task": kind,
@@ -73,8 +74,7 @@ def grid_records(drift: bool = False) -> list[dict]:
 def some(records: list[dict], **want) -> list[dict]:
     """The fine-tuning records whose labels match `want`."""
     return [r for r in records if r["kind"] == "finetune"
-            and all(((r.get("study") or {}).get("labels") or r.get("labels"))[k] == v
-                    for k, v in want.items())]  # fmt: skip
+            and all(r["study"]["labels"][k] == v for k, v in want.items())]  # fmt: skip
 
 
 def write_records(root: Path | str, records: list[dict]) -> None:
@@ -87,7 +87,7 @@ def _matching(records, row) -> list[dict]:
     """Fine-tuning records of one CSV row, found from the records' own labels."""
     out = []
     for r in records:
-        lab = (r.get("study") or {}).get("labels") or r.get("labels")
+        lab = r["study"]["labels"]
         if r["kind"] != "finetune":
             continue
         key = (lab["arch"], lab["mode"], lab["train_fraction"], lab["pretrain"],
@@ -278,3 +278,15 @@ def test_grounding_of_each_pretrained_model(tmp_path):
     plot = tmp_path / "study/report/plots/grounding-visual_bert.png"
     assert plot.read_bytes().startswith(PNG)
     assert any(u.endswith("plots/grounding-visual_bert.png") for u in result["plots"])
+
+
+def test_done_and_failed_records_carry_the_grid_labels_alike():
+    from vlpdist.config import Config
+    from vlpdist.study.grid import RunSpec
+    from vlpdist.study.results import failed, finished
+
+    spec = RunSpec("ft-a", "finetune", Config(), None, labels={"arch": "vilbert", "seed": 1})
+    done = finished(spec, {"run": "ft-a", "status": "done"}, 2.0, {"submitted": 0.0})
+    lost = failed(spec, "worker died", 1.0, {"submitted": 0.0})
+    assert rp.labels(done) == rp.labels(lost) == spec.labels
+    assert done["study"].keys() == lost["study"].keys() and "labels" not in lost

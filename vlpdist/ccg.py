@@ -37,9 +37,11 @@ def caption_set(cfg: Config, progress: bool = True) -> dict:
     report = BuildReport()
     # refuses an existing set now (unless caption.overwrite), before any training
     writer = ShardWriter(storage, c.out, c.name, report, progress=progress, overwrite=c.overwrite)
-    from vlpdist.engine import loop
+    from vlpdist import engine
+    from vlpdist.engine.setup import check_command
 
-    trained = loop.caption(cfg)
+    check_command(cfg, "caption")
+    trained = engine.run(cfg)
     if trained["rank"] != 0:
         return trained
     with tempfile.TemporaryDirectory() as tmp:

@@ -109,13 +109,12 @@ OVERRIDES = "trailing key=value arguments override the config, e.g. optim.lr=1e-
 
 
 def _train(command: str, args) -> int:
-    from vlpdist.engine.setup import preflight
+    from vlpdist import engine
+    from vlpdist.engine.setup import check_command
 
     cfg = _config(args, command)
-    pre = preflight(cfg, command)  # bad input fails here, before the heavy imports
-    from vlpdist.engine import loop
-
-    result = getattr(loop, command)(cfg, pre)
+    check_command(cfg, command)
+    result = engine.run(cfg)
     if result["rank"] == 0:  # one summary per job, not one per rank
         keys = ("run", "export", "record", "metric", "steps", "resumed_from", "history")
         print(json.dumps({k: result[k] for k in keys if k in result}))

@@ -1,6 +1,8 @@
 """Streaming metric accumulators for the downstream tasks' evaluation.
 
-Each accumulator takes one batch at a time (`update`) and reports at the end (`compute`).
+Each accumulator takes one batch at a time (`update`, or `update_batch` with an evaluation
+Batch, which knows what of the batch its task is scored against) and reports at the end
+(`compute`).
 Inputs may be torch tensors (any device; argmax runs where the logits live, so only [B]
 indices cross to the host) or numpy arrays. Samples flagged in `is_pad` only balance the
 ranks and never count. An accumulator that has seen nothing reports 0.0 with n = 0.
@@ -72,6 +74,10 @@ class VQAAccuracy:
             self.total += vqa_accuracy(vocab[pred[i]], answers[i])
             self.n += 1
 
+    def update_batch(self, logits: Array, batch, vocab: list[str]) -> None:
+        """An evaluation Batch: its human answers, the predictions read in `vocab`."""
+        self.update(logits, batch.answers, vocab, batch.is_pad)
+
     def compute(self) -> dict:
         return {self.name: _ratio(self.total, self.n), "n": self.n}
 
@@ -98,6 +104,10 @@ class Accuracy:
         keep = _keep(is_pad, len(pred))
         self.correct += int((pred[keep] == gold[keep]).sum())
         self.n += int(keep.sum())
+
+    def update_batch(self, logits: Array, batch, _vocab=None) -> None:
+        """An evaluation Batch: its class targets."""
+        self.update(logits, batch.targets, batch.is_pad)
 
     def compute(self) -> dict:
         return {"accuracy": _ratio(self.correct, self.n), "n": self.n}
@@ -141,6 +151,10 @@ class MultiLabelF1:
         ).astype(np.int64)
         self._add(counts)
         self.n += int(keep.sum())
+
+    def update_batch(self, logits: Array, batch, _vocab=None) -> None:
+        """An evaluation Batch: its multi-hot targets."""
+        self.update(logits, batch.targets, batch.is_pad)
 
     def _add(self, counts: np.ndarray) -> None:
         if self.counts is None:

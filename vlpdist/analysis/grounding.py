@@ -97,7 +97,7 @@ def probe(export: str, data: str, storage: Storage | None = None, samples: int =
                          num_workers=0, max_regions=MAX_REGIONS, seed=0, mlm_prob=0.0,
                          mrm_prob=0.0, itm_prob=0.0, samples_per_epoch=None)  # fmt: skip
         loader = Loader(cfg, storage.cfg)
-        tok = AutoTokenizer.from_pretrained(loader.tokenizer_dir(storage, tmp))
+        tok = AutoTokenizer.from_pretrained(loader.tokenizer_dir(tmp))
         if len(tok) != model.dims.vocab_size:
             raise VlpdistError(
                 f"{data}: its tokenizer has {len(tok)} words, the export {export} "

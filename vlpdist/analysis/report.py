@@ -109,8 +109,8 @@ def load_records(root_url: str, storage: Storage | None = None) -> list[dict]:
 
 
 def labels(record: dict) -> dict | None:
-    """A run's grid coordinates: under "study" in finished records, at the top in failed ones."""
-    found = (record.get("study") or {}).get("labels") or record.get("labels")
+    """A run's grid coordinates, under "study" in done and failed records alike (results.py)."""
+    found = (record.get("study") or {}).get("labels")
     return found if isinstance(found, dict) else None
 
 

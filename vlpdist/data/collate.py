@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from vlpdist.config import DataConfig
-from vlpdist.data.answers import soft_scores
 from vlpdist.data.decode import Decoded
 from vlpdist.data.index import TokenInfo
 from vlpdist.data.masking import (
@@ -31,7 +30,7 @@ from vlpdist.data.masking import (
     select_regions,
 )
 from vlpdist.data.plan import TEXT
-from vlpdist.shards.schema import SNLI_LABELS
+from vlpdist.data.tasks import TASKS
 
 IGNORE = -100
 
@@ -86,6 +85,7 @@ class Collator:
         labels: list[str] | None = None,
     ):
         self.cfg, self.tok, self.dim, self.cls_dim = cfg, tok, feature_dim, cls_dim
+        self.task = TASKS[cfg.task]
         self.labels = labels or []
         self.label_index = {a: i for i, a in enumerate(self.labels)}
         self.mask_s = 0.0  # seconds spent masking (telemetry reads and resets it)
@@ -103,9 +103,8 @@ class Collator:
         cfg, b = self.cfg, len(items)
         rng = np.random.default_rng([cfg.seed, epoch, int(positions[0]), 3])
         texts = [self._text(d, int(e[TEXT]), rng) for d, e in zip(items, entries, strict=True)]
-        pretrain = cfg.task == "pretrain"
         itm = None
-        if pretrain and cfg.itm_prob > 0 and b > 1:
+        if self.task.objectives and cfg.itm_prob > 0 and b > 1:
             flags = itm_flags(b, rng, cfg.itm_prob)
             texts = [texts[pick_negative(b, i, rng)] if flags[i] else texts[i] for i in range(b)]
             itm = (~flags).astype(np.int64)
@@ -115,21 +114,19 @@ class Collator:
             input_ids=ids, token_type_ids=types, attention_mask=att,
             boxes=boxes, region_mask=rmask, is_pad=pad.astype(bool), source=source,
         )  # fmt: skip
-        if pretrain:
+        if self.task.objectives:
             t0 = time.perf_counter()
             self._mask(out, ids, att, feats, rmask, items, itm, rng)
             self.mask_s += time.perf_counter() - t0
-        elif cfg.task != "caption":  # a caption is its own target
-            out["targets"] = self._targets(texts)
+        elif self.task.targets:
+            out["targets"] = self.task.targets(texts, self.label_index)
         out["feats"] = feats
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
         return Batch(
             **tensors,
             keys=[d.key for d in items],
             text_ids=[t.get("question_id", t.get("pair_id", t.get("_index"))) for t in texts],
-            answers=[list(t.get("answers") or []) for t in texts]
-            if cfg.task in ("vqa", "vizwiz")
-            else None,
+            answers=[list(t.get("answers") or []) for t in texts] if self.task.answers else None,
         )
 
     # -- texts
@@ -138,7 +135,7 @@ class Collator:
         j = int(rng.integers(len(all_texts))) if text_index < 0 else text_index
         t = dict(all_texts[j])
         t["_index"] = j
-        if self.cfg.task == "pretrain" and t.get("answer_ids"):
+        if self.task.objectives and t.get("answer_ids"):
             t["_pair"] = t["answer_ids"][int(rng.integers(len(t["answer_ids"])))]
         return t
 
@@ -230,24 +227,6 @@ class Collator:
             out["mrm_cls"] = cls
         if itm is not None:
             out["itm_labels"] = itm
-
-    # -- downstream targets
-    def _targets(self, texts: list[dict]) -> np.ndarray:
-        task = self.cfg.task
-        if task in ("vqa", "vizwiz"):
-            scores = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-            for i, t in enumerate(texts):
-                idx, val = soft_scores(t.get("answers") or [], self.label_index)
-                scores[i, idx] = val
-            return scores
-        if task == "snli_ve":
-            return np.array([SNLI_LABELS.index(t["label"]) for t in texts], dtype=np.int64)
-        hot = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for g in t.get("genres") or []:
-                if g in self.label_index:
-                    hot[i, self.label_index[g]] = 1.0
-        return hot
 
 
 def shuffle_regions(batch):

@@ -121,21 +121,51 @@ class TokenInfo:
     """Ids of WordPiece continuations ('##s'): part of the word before them."""
 
 
-def download_tokenizer(storage: Storage, source: Source, directory: str) -> str:
-    """The shard set's tokenizer files (copied next to its shards at build) into `directory`."""
-    tok_meta = source.manifest.get("tokenizer")
-    if not tok_meta:
-        raise ShardError(f"{source.url}: the manifest records no tokenizer")
-    for name in tok_meta["files"]:
-        storage.get_file(join(source.url, tok_meta["path"], name), os.path.join(directory, name))
+@dataclass(frozen=True)
+class Tokenizer:
+    """A shard set's tokenizer, fetched once per process: its files (a vocabulary and a
+    small config, held in memory, so that forked loader workers, a second loader and the
+    exports need no download or directory of their own) and the ids collation needs."""
+
+    sha256: str | None
+    files: dict[str, bytes]
+    info: TokenInfo
+
+    def save(self, directory: str) -> str:
+        """The tokenizer's files in a local `directory` (what `from_pretrained` reads)."""
+        return _write(self.files, directory)
+
+
+def _write(files: dict[str, bytes], directory: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
     return directory
 
 
-def token_info(storage: Storage, source: Source) -> TokenInfo:
+def fetch_tokenizer(storage: Storage, source: Source, reuse: Tokenizer | None = None) -> Tokenizer:
+    """The shard set's tokenizer (its files copied next to its shards at build); `reuse`, one
+    this process already fetched, is taken as it is when it is this set's."""
+    meta = source.manifest.get("tokenizer")
+    if not meta:
+        raise ShardError(f"{source.url}: the manifest records no tokenizer")
+    if reuse is not None:
+        if reuse.sha256 != meta.get("sha256"):
+            raise ShardError(f"{source.url}: its tokenizer differs from the training set's")
+        return reuse
+    files = {
+        name: storage.read_bytes(join(source.url, meta["path"], name)) for name in meta["files"]
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        return Tokenizer(meta.get("sha256"), files, token_info(_write(files, tmp)))
+
+
+def token_info(directory: str) -> TokenInfo:
+    """The special ids of the tokenizer saved in a local `directory`."""
     from transformers import AutoTokenizer  # heavy; once per loader
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tok = AutoTokenizer.from_pretrained(download_tokenizer(storage, source, tmp))
+    tok = AutoTokenizer.from_pretrained(directory)
     special = set(tok.all_special_ids)
     vocab = tok.get_vocab()
     function = [i for w, i in vocab.items() if i not in special

@@ -42,13 +42,8 @@ from vlpdist.data import plan as P
 from vlpdist.data.collate import Batch, Collator
 from vlpdist.data.decode import CorruptSample, Decoded, decode
 from vlpdist.data.fetch import Fetcher
-from vlpdist.data.index import (
-    answer_vocab,
-    download_tokenizer,
-    genre_vocab,
-    open_sources,
-    token_info,
-)
+from vlpdist.data.index import Tokenizer, fetch_tokenizer, open_sources
+from vlpdist.data.tasks import TASKS
 from vlpdist.errors import ShardError, StorageError, VlpdistError
 from vlpdist.shards.schema import SNLI_LABELS
 from vlpdist.storage import Storage, is_local
@@ -80,21 +75,19 @@ class _Done:
 class ShardStream(IterableDataset):
     """Yields (rank-local step, Batch, telemetry delta) for the current epoch's plan."""
 
-    def __init__(self, cfg: DataConfig, storage_cfg: StorageConfig | None, rank: int, world: int):
+    def __init__(self, cfg: DataConfig, storage_cfg: StorageConfig | None, rank: int, world: int,
+                 tokenizer: Tokenizer | None = None):  # fmt: skip
         self.cfg, self.storage_cfg, self.rank, self.world = cfg, storage_cfg, rank, world
+        self.task = TASKS[cfg.task]
         storage = Storage(storage_cfg)
         self.sources = open_sources(storage, cfg)
         first = self.sources[0]
-        labels = None
-        vocab_url = cfg.answer_vocab or first.url
-        if cfg.task in ("vqa", "vizwiz"):
-            labels = answer_vocab(storage, vocab_url, cfg.answer_min_count)
-        elif cfg.task == "mmimdb":
-            labels = genre_vocab(storage, vocab_url)
-        self.labels = labels
+        self.tokenizer = fetch_tokenizer(storage, first, reuse=tokenizer)
+        vocab = self.task.vocab
+        self.labels = vocab(storage, cfg.answer_vocab or first.url, cfg) if vocab else None
         self.collator = Collator(
-            cfg, token_info(storage, first), first.manifest["feature_dim"],
-            first.manifest.get("cls_prob_dim"), labels,
+            cfg, self.tokenizer.info, first.manifest["feature_dim"],
+            first.manifest.get("cls_prob_dim"), self.labels,
         )  # fmt: skip
         self.epoch, self.consumed = 0, 0
         self._seq: tuple[int, np.ndarray] | None = None
@@ -109,17 +102,16 @@ class ShardStream(IterableDataset):
         return self._seq[1]
 
     def _make_sequence(self, epoch: int) -> np.ndarray:
-        per_text = self.cfg.task != "pretrain"
         c = self.cfg
         orders = [
-            P.epoch_order(self.units(i, per_text), c.seed, epoch, i, c.shuffle_window, c.read_span)
+            P.epoch_order(self.units(i), c.seed, epoch, i, c.shuffle_window, c.read_span)
             for i in range(len(self.sources))
         ]
         weights = [s.weight for s in self.sources]
         return P.global_sequence(orders, weights, c.seed, epoch, c.samples_per_epoch, c.read_span)
 
-    def units(self, source: int, per_text: bool) -> np.ndarray:
-        units = self.sources[source].plan.units(per_text)
+    def units(self, source: int) -> np.ndarray:
+        units = self.sources[source].plan.units(self.task.per_text)
         return P.subset(units, self.cfg.fraction, self.cfg.subset_seed, source)
 
     def rank_plan(self) -> P.RankPlan:
@@ -256,9 +248,12 @@ class Loader:
         *,
         rank: int = 0,
         world_size: int = 1,
+        tokenizer: Tokenizer | None = None,
     ):
+        """`tokenizer`: the one another loader of this process already fetched (the
+        evaluation's loader takes the training loader's), not fetched again."""
         self.cfg = cfg
-        self.stream = ShardStream(cfg, storage_cfg, rank, world_size)
+        self.stream = ShardStream(cfg, storage_cfg, rank, world_size, tokenizer)
         self.world = world_size
         self._tel: dict = {"per_source": Counter()}
         self._skipped: dict[str, str] = {
@@ -279,7 +274,7 @@ class Loader:
 
     @property
     def vocab_size(self) -> int:
-        return self.stream.collator.tok.vocab_size
+        return self.stream.tokenizer.info.vocab_size
 
     @property
     def manifest(self) -> dict:
@@ -287,9 +282,14 @@ class Loader:
         detector classes, tokenizer); the preflight checks that the others fit it."""
         return self.stream.sources[0].manifest
 
-    def tokenizer_dir(self, storage: Storage, directory: str) -> str:
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The shard set's tokenizer, fetched once by this loader (or handed to it)."""
+        return self.stream.tokenizer
+
+    def tokenizer_dir(self, directory: str) -> str:
         """The shard set's tokenizer files in a local `directory` (for exports, probes)."""
-        return download_tokenizer(storage, self.stream.sources[0], directory)
+        return self.stream.tokenizer.save(directory)
 
     def provenance(self) -> list[dict]:
         """Which data, exactly: URL, samples, a digest of each source's manifest."""
@@ -303,8 +303,7 @@ class Loader:
 
     def units(self) -> int:
         """Training units per epoch over all sources (images in pretraining, else texts)."""
-        per_text = self.cfg.task != "pretrain"
-        return sum(len(self.stream.units(i, per_text)) for i in range(len(self.stream.sources)))
+        return sum(len(self.stream.units(i)) for i in range(len(self.stream.sources)))
 
     def __len__(self) -> int:
         """Batches left in the current epoch on this rank."""

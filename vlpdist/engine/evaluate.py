@@ -26,7 +26,9 @@ from vlpdist.models.losses import model_inputs
 
 
 class Evaluator:
-    def __init__(self, cfg, dist: Dist, labels: list[str] | None):
+    def __init__(self, cfg, dist: Dist, train: Loader):
+        """`train`: the training split's loader, whose label vocabulary the val split is
+        scored with and whose tokenizer (already fetched) it reads."""
         data = cfg.data
         # the val split scored with the train split's answer vocabulary, all of it, in order
         # of the plan; masking and negatives do not apply to downstream tasks
@@ -34,8 +36,9 @@ class Evaluator:
             data, sources=cfg.eval.sources, batch_size=cfg.eval.batch_size or data.batch_size,
             fraction=1.0, answer_vocab=data.answer_vocab or data.sources[0].url, num_workers=0,
         )  # fmt: skip
-        self.loader = Loader(self.cfg, cfg.storage, rank=dist.rank, world_size=dist.world)
-        self.task, self.dist, self.labels = data.task, dist, labels
+        self.loader = Loader(self.cfg, cfg.storage, rank=dist.rank, world_size=dist.world,
+                             tokenizer=train.tokenizer)  # fmt: skip
+        self.task, self.dist, self.labels = data.task, dist, train.labels
         self.primary = PRIMARY[self.task]
 
     @torch.no_grad()
@@ -46,11 +49,7 @@ class Evaluator:
             for batch in self.loader:
                 batch = batch.to(self.dist.device)
                 for metric, b in zip(scores, (batch, shuffle_regions(batch)), strict=True):
-                    logits = engine(**model_inputs(b))["logits"]
-                    if self.task in ("vqa", "vizwiz"):
-                        metric.update(logits, b.answers, self.labels, b.is_pad)
-                    else:
-                        metric.update(logits, b.targets, b.is_pad)
+                    metric.update_batch(engine(**model_inputs(b))["logits"], b, self.labels)
         finally:
             engine.train()
         true, shuffled = (self._merged(m) for m in scores)

@@ -1,5 +1,6 @@
-"""`vlpdist pretrain CONFIG` and `vlpdist finetune CONFIG`: setup → build → fit → hand off,
-readable top to bottom.
+"""Training, whatever data.task is (pretraining, fine-tuning, a captioner): setup → build →
+fit → hand off, readable top to bottom. Entered through `vlpdist.engine.run`, which runs the
+preflight (setup.py) first.
 
 One code path for a laptop (one CPU process), `deepspeed --num_gpus N --module vlpdist`,
 torchrun and Ray Train workers. Rerunning the same command continues from the newest
@@ -15,6 +16,8 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import yaml
@@ -31,9 +34,11 @@ from vlpdist.engine.telemetry import Telemetry
 from vlpdist.errors import VlpdistError
 from vlpdist.models.flavors import DataDims
 from vlpdist.models.flops import flops_per_sample
-from vlpdist.models.losses import caption_loss, model_inputs, pretrain_losses, task_loss
+from vlpdist.models.losses import model_inputs
 from vlpdist.models.model import build_model
-from vlpdist.storage import join
+from vlpdist.models.tasks import TASKS as MODEL_TASKS
+from vlpdist.models.tasks import Losses
+from vlpdist.storage import Storage, join
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +47,6 @@ def data_dims(loader: Loader) -> DataDims:
     m = loader.manifest
     return DataDims(vocab_size=loader.vocab_size, visual_dim=m["feature_dim"],
                     num_classes=m.get("cls_prob_dim"), num_labels=len(loader.labels or []) or None)  # fmt: skip
-
-
-# Each entry takes the preflight's result when its caller already ran it (the CLI does, to
-# fail before the heavy imports); otherwise it runs the checks itself. `claim` is the
-# generation of the study driver that started this attempt (lease.py), None for a run
-# started by hand.
-def pretrain(cfg: Config, pre: setup.Preflight | None = None, claim: int | None = None) -> dict:
-    return _run(cfg, pre or setup.preflight(cfg, "pretrain"), claim)
-
-
-def finetune(cfg: Config, pre: setup.Preflight | None = None, claim: int | None = None) -> dict:
-    return _run(cfg, pre or setup.preflight(cfg, "finetune"), claim)
-
-
-def caption(cfg: Config, pre: setup.Preflight | None = None, claim: int | None = None) -> dict:
-    """Train a captioner (data.task caption); its export writes CCG captions (vlpdist.ccg)."""
-    return _run(cfg, pre or setup.preflight(cfg, "caption"), claim)
 
 
 def _take_run(cfg: Config, dist: Dist, storage, run_url: str, claim: int | None):
@@ -91,15 +79,46 @@ def build_engine(cfg: Config, model, world: int, universal: bool = False):
     return engine
 
 
-def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
+@dataclass
+class Progress:
+    """What the loop keeps from update to update, saved in every checkpoint (beside the
+    data stream's state)."""
+
+    step: int = 0
+    evals: list[dict] = field(default_factory=list)
+    best: dict | None = None  # {"step", "value", "url"} of the best evaluation so far
+
+
+@dataclass
+class Fit:
+    """What the fit works with, built once by `train`."""
+
+    cfg: Config
+    dist: Dist
+    storage: Storage
+    run_url: str
+    lease: L.Lease
+    engine: object
+    loader: Loader
+    losses: Losses  # the task's (vlpdist.models.tasks)
+    tel: Telemetry
+    evaluator: Evaluator | None
+    hand_off: Callable[[str, dict], str]  # export the model to <run>/<name>/
+    watchdog: L.Watchdog
+    config_yaml: str
+
+
+def train(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
+    """One run of `cfg` after its preflight (`vlpdist.engine.run`). `claim` is the generation
+    of the study driver that started this attempt (lease.py), None for a run started by
+    hand."""
     # -- setup (the checks that need no process group ran in preflight)
-    tuning = cfg.data.task not in ("pretrain", "caption")  # evaluated on a val split
+    tuning = setup.TASKS[cfg.data.task].tuned  # evaluated on a val split
     t_start = time.time()
     dist = init()
     torch.manual_seed(cfg.run.seed)
     storage, run_url = pre.storage, pre.run_url
     lease, latest, universal = _take_run(cfg, dist, storage, run_url, claim)
-    config_yaml = dump_yaml(cfg, redact=True)
     work = tempfile.TemporaryDirectory(prefix="vlpdist-run-")
 
     # -- build
@@ -118,18 +137,17 @@ def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
                             text_init=m.text_init)  # fmt: skip
     flops = flops_per_sample(model, cfg.data.max_text_tokens, cfg.data.max_regions)["train_step"]
     engine = build_engine(cfg, model, dist.world, universal)
-    state = {"step": 0, "evals": [], "best": None}
+    progress = Progress()
     if latest:
-        state.update(checkpoint.load(engine, dist, storage, latest, universal, cfg.run.seed))
-        loader.load_state_dict(state.pop("data"))
-        state.pop("resumes", None)  # kept by checkpoints of older versions; attempts say it all
+        saved = checkpoint.load(engine, dist, storage, latest, universal, cfg.run.seed)
+        loader.load_state_dict(saved["data"])
+        # checkpoints of older versions also kept "resumes": the attempts say it all
+        progress = Progress(saved["step"], saved.get("evals", []), saved.get("best"))
     tok_dir = None
     if dist.is_main:  # the export's tokenizer is the shard set's
-        tok_dir = loader.tokenizer_dir(storage, os.path.join(work.name, "tok"))
+        tok_dir = loader.tokenizer_dir(os.path.join(work.name, "tok"))
     tel = Telemetry(cfg, dist, storage, run_url, os.path.join(work.name, "logs"), flops,
-                    state["step"], loader.counters)  # fmt: skip
-    evaluator = Evaluator(cfg, dist, labels) if tuning else None
-    watchdog = L.Watchdog(storage, lease if dist.is_main else None)
+                    progress.step, loader.counters)  # fmt: skip
 
     def hand_off(name: str, extra: dict) -> str:
         if dist.is_main:
@@ -137,19 +155,24 @@ def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
         return exports.export(engine, dist, storage, join(run_url, name), cfg, tok_dir, labels,
                               {"run": run_url, **extra})  # fmt: skip
 
+    fit = Fit(cfg=cfg, dist=dist, storage=storage, run_url=run_url, lease=lease, engine=engine,
+              loader=loader, losses=MODEL_TASKS[cfg.data.task].losses, tel=tel,
+              evaluator=Evaluator(cfg, dist, loader) if tuning else None, hand_off=hand_off,
+              watchdog=L.Watchdog(storage, lease if dist.is_main else None),
+              config_yaml=dump_yaml(cfg, redact=True))  # fmt: skip
+
     # -- fit
     try:
-        history = _fit(cfg, dist, engine, loader, storage, run_url, config_yaml, state, tel,
-                       evaluator, hand_off, lease, watchdog)  # fmt: skip
+        history = _fit(fit, progress)
     finally:
-        watchdog.close()
+        fit.watchdog.close()
     tel.close()
 
     # -- hand off
     out = {"run": run_url, "rank": dist.rank, "steps": engine.global_steps, "history": history,
            "resumed_from": latest}  # fmt: skip
     if not tuning:
-        out["export"] = hand_off("export", {"step": state["step"]})
+        out["export"] = hand_off("export", {"step": progress.step})
     url = (
         join(cfg.run.results, f"{cfg.run.name}.json")
         if cfg.run.results
@@ -160,7 +183,7 @@ def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
     record = None
     if dist.is_main:
         attempts = list(L.history(storage, run_url).values())
-        record = _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempts)
+        record = _record(fit, progress, out, init_info, t_start, attempts)
         record["throughput"]["data"]["skipped_shards"] = {
             u: w for d in skipped for u, w in d.items()
         }
@@ -171,26 +194,19 @@ def _run(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
     return {**out, "record": url, "metric": record["metric"] if record else None}
 
 
-def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml, state, tel,
-         evaluator, hand_off, lease, watchdog) -> list:  # fmt: skip
+def _fit(f: Fit, progress: Progress) -> list:
     """Updates until optim.total_steps; evaluation every eval.every (fine-tuning), a
     checkpoint every run.checkpoint_every."""
-    r, history, task = cfg.run, [], cfg.data.task
-    trace = _tracer(r.trace, dist.rank)
-    step = state["step"]
+    cfg, engine, tel, r, history = f.cfg, f.engine, f.tel, f.cfg.run, []
+    trace = _tracer(r.trace, f.dist.rank)
+    step = progress.step
     tel.resume()
     while step < cfg.optim.total_steps:
-        for batch in loader:
-            watchdog.raise_if_fenced()
+        for batch in f.loader:
+            f.watchdog.raise_if_fenced()
             trace(step + 1, batch)
-            batch = batch.to(dist.device)
-            out = engine(**model_inputs(batch))
-            if task == "pretrain":
-                losses = pretrain_losses(out, batch)
-            elif task == "caption":
-                losses = {"caption": caption_loss(out["caption"], batch)}
-            else:
-                losses = {"task": task_loss(task, out["logits"], batch)}
+            batch = batch.to(f.dist.device)
+            losses = f.losses(engine(**model_inputs(batch)), batch)
             tel.micro(batch, losses)
             engine.backward(sum(losses.values()))
             # read before step(): DeepSpeed advances its micro-step counter inside step()
@@ -204,16 +220,15 @@ def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml,
             if rec:
                 history.append(rec)
                 if math.isnan(rec["loss"]):
-                    raise VlpdistError(f"{run_url}: loss became NaN at step {step}")
-            if evaluator and (last or (cfg.eval.every and step % cfg.eval.every == 0)):
-                _evaluate(evaluator, engine, state, step, tel, hand_off)
+                    raise VlpdistError(f"{f.run_url}: loss became NaN at step {step}")
+            if f.evaluator and (last or (cfg.eval.every and step % cfg.eval.every == 0)):
+                _evaluate(f, progress, step)
                 tel.resume()  # evaluation time is not training throughput
-            state["step"] = step
+            progress.step = step
             if r.checkpoint_every and step % r.checkpoint_every == 0:
-                saved = {**state, "data": loader.state_dict()}
-                checkpoint.save(
-                    engine, dist, storage, run_url, step, saved, config_yaml, r.keep_last, lease
-                )
+                saved = {**dataclasses.asdict(progress), "data": f.loader.state_dict()}
+                checkpoint.save(engine, f.dist, f.storage, f.run_url, step, saved, f.config_yaml,
+                                r.keep_last, f.lease)  # fmt: skip
                 tel.flush()
                 tel.resume()
             if last:
@@ -221,16 +236,17 @@ def _fit(cfg, dist: Dist, engine, loader: Loader, storage, run_url, config_yaml,
     return history
 
 
-def _evaluate(evaluator: Evaluator, engine, state: dict, step: int, tel, hand_off) -> None:
+def _evaluate(f: Fit, progress: Progress, step: int) -> None:
     """Score the val split; a better primary metric replaces <run>/best/."""
-    metrics = evaluator(engine)
+    evaluator = f.evaluator
+    metrics = evaluator(f.engine)
     value = metrics[evaluator.primary]
-    state["evals"].append({"step": step, **metrics})
-    tel.write({"step": step, **metrics}, "val")
-    best = state["best"]
+    progress.evals.append({"step": step, **metrics})
+    f.tel.write({"step": step, **metrics}, "val")
+    best = progress.best
     if best is None or value > best["value"]:
-        url = hand_off("best", {"step": step, evaluator.primary: value})
-        state["best"] = {"step": step, "value": value, "url": url}
+        url = f.hand_off("best", {"step": step, evaluator.primary: value})
+        progress.best = {"step": step, "value": value, "url": url}
 
 
 def _tracer(directory: str | None, rank: int):
@@ -249,13 +265,13 @@ def _tracer(directory: str | None, rank: int):
     return write
 
 
-def _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempts) -> dict:
+def _record(f: Fit, progress: Progress, out, init_info, t_start, attempts) -> dict:
     """The run's JSON result record: enough to rebuild every table and plot."""
-    h = out["history"]
+    cfg, evaluator, evals, h = f.cfg, f.evaluator, progress.evals, out["history"]
     if evaluator:
-        best = state["best"] or {}
-        final = state["evals"][-1] if state["evals"] else {}
-        at_best = next((e for e in state["evals"] if e["step"] == best.get("step")), {})
+        best = progress.best or {}
+        final = evals[-1] if evals else {}
+        at_best = next((e for e in evals if e["step"] == best.get("step")), {})
         # the controls at the best step: the same model with another image's regions
         metric = {"name": evaluator.primary, "value": best.get("value"), "step": best.get("step"),
                   "final": final.get(evaluator.primary),
@@ -265,10 +281,9 @@ def _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempt
     else:
         metric = {"name": "loss", "value": h[-1]["loss"] if h else None,
                   "step": h[-1]["step"] if h else None}  # fmt: skip
-    units = loader.units()
     return {
         "run": cfg.run.name,
-        "kind": "finetune" if evaluator else cfg.data.task,
+        "kind": setup.TASKS[cfg.data.task].command,
         "task": cfg.data.task,
         "arch": cfg.model.arch,
         "flavor": cfg.model.flavor,
@@ -277,24 +292,24 @@ def _record(cfg, loader, evaluator, state, tel, out, init_info, t_start, attempt
         "seed": cfg.run.seed,
         "status": "done",
         "metric": metric,
-        "evals": state["evals"],
+        "evals": evals,
         "curve": {"loss": [[r["step"], r["loss"]] for r in h[:: max(1, len(h) // 500)]]},
-        "throughput": tel.summary(),
-        "steps": state["step"],
-        "train_units": units,
+        "throughput": f.tel.summary(),
+        "steps": progress.step,
+        "train_units": f.loader.units(),
         "provenance": {
             "run_url": out["run"],
             "export": out.get("export"),
-            "best": (state["best"] or {}).get("url"),
+            "best": (progress.best or {}).get("url"),
             "init_from": cfg.run.init_from,
             "init_from_run": (init_info or {}).get("extra", {}).get("run"),
-            "shards": loader.provenance(),
+            "shards": f.loader.provenance(),
             "eval_shards": evaluator.loader.provenance() if evaluator else [],
             "attempts": attempts,  # every start of this run, revocations by a driver included
             "resumes": [a for a in attempts if a.get("from")],
             "vlpdist": __version__,
         },
         "seconds": round(time.time() - t_start, 2),
-        "timing": {"started": t_start, "first_step": tel.first_step, "finished": time.time()},
+        "timing": {"started": t_start, "first_step": f.tel.first_step, "finished": time.time()},
         "config": yaml.safe_load(dump_yaml(cfg, redact=True)),
     }

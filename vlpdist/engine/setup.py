@@ -13,6 +13,7 @@ import yaml
 
 from vlpdist.config import Config, dump_yaml
 from vlpdist.config.sections import DECODER_POSITIONS
+from vlpdist.data.tasks import TASKS as DATA_TASKS
 from vlpdist.engine import checkpoint
 from vlpdist.errors import VlpdistError
 from vlpdist.shards.reader import load_manifest
@@ -20,6 +21,36 @@ from vlpdist.storage import Storage, join
 
 # What a pretraining objective needs in every training set's manifest, and what it is.
 OBJECTIVE_NEEDS = {"mrc": ("cls_prob_dim", "region classification: KL to the detector's cls_prob")}
+
+
+@dataclass(frozen=True)
+class EngineTask:
+    """What a task is to the engine (its data and its model have tables of their own:
+    vlpdist.data.tasks, vlpdist.models.tasks)."""
+
+    command: str
+    """The command that trains it: `vlpdist pretrain`, `vlpdist finetune`, `shards caption`."""
+    tuned: bool
+    """Fine-tuned: scored on eval.sources with its metric (vlpdist.metrics), its best
+    checkpoint kept at <run>/best/; else exported once, at the end, to <run>/export/."""
+
+
+_FINETUNE = EngineTask("finetune", tuned=True)
+TASKS = {
+    "pretrain": EngineTask("pretrain", tuned=False),
+    "caption": EngineTask("caption", tuned=False),
+    "vqa": _FINETUNE,
+    "vizwiz": _FINETUNE,
+    "snli_ve": _FINETUNE,
+    "mmimdb": _FINETUNE,
+}
+# What to say when a command is given a task it does not train.
+_NOT_THIS_TASK = {
+    "pretrain": "data.task is {task!r}: pretraining streams task 'pretrain'; use `vlpdist "
+    "finetune` for downstream tasks",
+    "finetune": "data.task: name the downstream task (vqa, vizwiz, snli_ve, mmimdb)",
+    "caption": "data.task is {task!r}: a captioner trains on task 'caption'",
+}
 
 
 @dataclass
@@ -54,19 +85,17 @@ def deepspeed_config(cfg: Config, world: int) -> dict:
     return ds
 
 
-def preflight(cfg: Config, command: str) -> Preflight:
-    """Every check that needs no process group; safe to repeat on every rank."""
+def check_command(cfg: Config, command: str) -> None:
+    """A config given to the command that does not train its task is one line (the
+    engine itself trains whatever data.task says)."""
     task = cfg.data.task
-    if command == "pretrain" and task != "pretrain":
-        raise VlpdistError(
-            f"data.task is {task!r}: pretraining streams task 'pretrain'; "
-            "use `vlpdist finetune` for downstream tasks"
-        )
-    if command == "finetune" and task in ("pretrain", "caption"):
-        raise VlpdistError("data.task: name the downstream task (vqa, vizwiz, snli_ve, mmimdb)")
-    if command == "caption" and task != "caption":
-        raise VlpdistError(f"data.task is {task!r}: a captioner trains on task 'caption'")
-    if command == "finetune" and not cfg.eval.sources:
+    if TASKS[task].command != command:
+        raise VlpdistError(_NOT_THIS_TASK[command].format(task=task))
+
+
+def preflight(cfg: Config) -> Preflight:
+    """Every check that needs no process group; safe to repeat on every rank."""
+    if TASKS[cfg.data.task].tuned and not cfg.eval.sources:
         raise VlpdistError("eval.sources: fine-tuning evaluates on the val split; name its shards")
     deepspeed_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     storage = Storage(cfg.storage)
@@ -93,7 +122,7 @@ def _check_sources(storage: Storage, cfg: Config) -> dict:
     otherwise crash every rank after the process group starts (or, for a set without cls_prob
     under mrc, train against all-zero targets)."""
     first: dict = {}
-    pretraining = cfg.data.task == "pretrain"  # objectives and cls_prob serve pretraining only
+    pretraining = DATA_TASKS[cfg.data.task].objectives  # the only batches with cls_prob
     needs = [(o, *OBJECTIVE_NEEDS[o]) for o in cfg.model.objectives if o in OBJECTIVE_NEEDS]
     for key, sources in (("data.sources", cfg.data.sources), ("eval.sources", cfg.eval.sources)):
         for src in sources:

@@ -18,7 +18,7 @@ def generate(model: VLModel, feats: torch.Tensor, boxes: torch.Tensor, region_ma
     """Token ids (without [CLS]/[SEP]) of one caption per image. beam=1 is greedy; beam>1
     keeps the `beam` best prefixes by log-probability and returns the finished one with
     the best score / length**length_penalty."""
-    if model.task != "caption":
+    if "caption" not in model.heads:
         raise ValueError(f"a {model.task} model cannot write captions")
     was_training = model.training
     model.eval()

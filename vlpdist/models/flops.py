@@ -13,7 +13,8 @@ from vlpdist.models.model import VLModel
 
 
 def dummy_inputs(model: VLModel, text_len: int = 36, regions: int = 100, mask_frac: float = 0.15):
-    """A one-sample batch of model inputs; pretraining masks select `mask_frac` of rows."""
+    """A one-sample batch of model inputs; the masks of pretraining objectives select
+    `mask_frac` of rows."""
     d = model.dims
     inputs = {
         "input_ids": torch.randint(0, d.vocab_size, (1, text_len)),
@@ -23,7 +24,7 @@ def dummy_inputs(model: VLModel, text_len: int = 36, regions: int = 100, mask_fr
         "boxes": torch.tensor([0.1, 0.1, 0.6, 0.7]).expand(1, regions, 4).clone(),
         "region_mask": torch.ones(1, regions, dtype=torch.long),
     }
-    if model.task == "pretrain":
+    if model.objectives:
         inputs["mlm_mask"] = torch.rand(1, text_len) < mask_frac
         inputs["mrm_mask"] = torch.rand(1, regions) < mask_frac
     return inputs

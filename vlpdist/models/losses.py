@@ -65,23 +65,6 @@ def pretrain_losses(out: dict, batch) -> dict[str, torch.Tensor]:
     return losses
 
 
-def task_loss(task: str, logits: torch.Tensor, batch) -> torch.Tensor:
-    """VQA/VizWiz: BCE over the answer vocabulary against soft scores (summed over answers
-    as MMF's logit_bce does, so the scale does not shrink with the vocabulary); SNLI-VE:
-    3-way cross-entropy; MM-IMDB: multi-label BCE."""
-    real = ~batch.is_pad
-    if not real.any():
-        return logits.sum() * 0.0
-    logits, targets = logits[real].float(), batch.targets[real]
-    if task in ("vqa", "vizwiz"):
-        return F.binary_cross_entropy_with_logits(logits, targets.float()) * targets.shape[1]
-    if task == "snli_ve":
-        return F.cross_entropy(logits, targets)
-    if task == "mmimdb":
-        return F.binary_cross_entropy_with_logits(logits, targets.float())
-    raise ValueError(f"no loss for task {task!r}")
-
-
 def caption_loss(logits: torch.Tensor, batch) -> torch.Tensor:
     """Next-token cross-entropy of the caption (teacher forcing): logits [B, T-1, V] predict
     input_ids[:, 1:]; padding tokens and padding samples never count."""

@@ -3,7 +3,8 @@
 `forward` takes the Batch's keyword tensors (see `losses.model_inputs`) and returns raw
 head outputs in a dict; losses live in losses.py. Pretraining models carry the heads of
 their objectives (a config choice per run: the paper's "MLM" is {mlm}, "MMM" adds region
-modelling); task models carry one classifier. `freeze_base()` trains only the head.
+modelling); task models carry one classifier, a captioner its decoder (the heads of each
+task: tasks.py). `freeze_base()` trains only the head.
 """
 
 from __future__ import annotations
@@ -12,43 +13,22 @@ import torch
 from torch import nn
 
 from vlpdist.models.base import Encoder
-from vlpdist.models.flavors import CAPTION_MAX_LEN, DataDims, resolve
-from vlpdist.models.heads import CaptionDecoder, Classifier, MLMHead, RegionHead
+from vlpdist.models.flavors import DataDims, resolve
+from vlpdist.models.tasks import TASKS
 from vlpdist.models.text_init import load_text_weights
 from vlpdist.models.vilbert import ViLBertEncoder
 from vlpdist.models.visual_bert import VisualBertEncoder
 
 ENCODERS = {"visual_bert": VisualBertEncoder, "vilbert": ViLBertEncoder}
-TASK_LABELS = {"snli_ve": 3}  # the others take their label count from the data
 
 
 class VLModel(nn.Module):
     def __init__(self, encoder: Encoder, dims: DataDims, objectives=(), task: str = "pretrain"):
         super().__init__()
         self.encoder, self.dims, self.task = encoder, dims, task
-        self.objectives = tuple(objectives) if task == "pretrain" else ()
-        heads = {}
-        if "mlm" in self.objectives:
-            heads["mlm"] = MLMHead(encoder.text_dim, encoder.word_embeddings)
-        if "mrc" in self.objectives:
-            if not dims.num_classes:
-                raise ValueError("objective mrc needs detector class distributions in the data")
-            heads["mrc"] = RegionHead(encoder.image_dim, dims.num_classes)
-        if "mfr" in self.objectives:
-            heads["mfr"] = RegionHead(encoder.image_dim, dims.visual_dim)
-        if "itm" in self.objectives:
-            heads["itm"] = Classifier(encoder.pooled_dim, 2)
-        if task == "caption":
-            heads["caption"] = CaptionDecoder(
-                encoder.text_dim, encoder.image_dim, dims.vocab_size,
-                heads=max(1, encoder.text_dim // 64), max_len=CAPTION_MAX_LEN,
-            )  # fmt: skip
-        elif task != "pretrain":
-            labels = TASK_LABELS.get(task, dims.num_labels)
-            if not labels:
-                raise ValueError(f"task {task} needs the number of labels from the data")
-            heads["task"] = Classifier(encoder.pooled_dim, labels)
-        self.heads = nn.ModuleDict(heads)
+        spec = TASKS[task]
+        self.objectives = tuple(objectives) if spec.objectives else ()
+        self.heads = nn.ModuleDict(spec.heads(encoder, dims, self.objectives))
         self.frozen = False
 
     def forward(

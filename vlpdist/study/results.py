@@ -1,6 +1,7 @@
 """The study's results store on any storage URL: one JSON record per run under
-`<study>/results/<run>.json`, status "done" (the engine's record of the run, with the
-study's labels) or "failed" (with the error). A run with a record is not run again (failed
+`<study>/results/<run>.json`, status "done" (the engine's record of the run) or "failed"
+(with the error); both carry the study's grid labels and timing under "study" (`finished`,
+`failed`). A run with a record is not run again (failed
 ones only with --retry-failed).
 
 Only the study's current driver writes here. A driver takes the study over when it starts
@@ -28,10 +29,22 @@ HEARTBEAT_S = 10.0  # the driver rewrites status.json at least this often
 DRIVER = "driver.json"
 
 
-def failed(spec: RunSpec, error: str, seconds: float, timing: dict) -> dict:
+def _study(spec: RunSpec, run_s: float, timing: dict) -> dict:
+    """What the study adds to every record, done or failed, under "study": the run's grid
+    labels, its duration as the driver saw it, and when it was submitted, started and
+    finished."""
+    return {"labels": spec.labels, "run_s": round(run_s, 2), "timing": timing}
+
+
+def finished(spec: RunSpec, record: dict, run_s: float, timing: dict) -> dict:
+    """The engine's record of a run that finished, with the study's section."""
+    return {**record, "study": _study(spec, run_s, timing)}
+
+
+def failed(spec: RunSpec, error: str, run_s: float, timing: dict) -> dict:
     """The record of a run that failed (or could not start), with its error."""
     return {"run": spec.name, "kind": spec.kind, "status": "failed", "error": error,
-            "labels": spec.labels, "seconds": round(seconds, 2), "timing": timing}  # fmt: skip
+            "study": _study(spec, run_s, timing)}  # fmt: skip
 
 
 class Results:

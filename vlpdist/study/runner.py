@@ -37,7 +37,7 @@ from vlpdist.engine import checkpoint, lease, setup
 from vlpdist.errors import VlpdistError
 from vlpdist.storage import Storage, join
 from vlpdist.study.grid import RunSpec, plan, study_root
-from vlpdist.study.results import HEARTBEAT_S, Results, failed, states, table
+from vlpdist.study.results import HEARTBEAT_S, Results, failed, finished, states, table
 
 log = logging.getLogger(__name__)
 LOCAL_IP = "127.0.0.2"  # a local Ray's node address: loopback, and one Ray keeps as given
@@ -46,9 +46,9 @@ LOCAL_IP = "127.0.0.2"  # a local Ray's node address: loopback, and one Ray keep
 def _train_worker(config: dict) -> None:
     """Ray Train's per-worker function: the engine, as under the deepspeed launcher (Ray
     Train sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR and the process group)."""
-    from vlpdist.engine import loop
+    from vlpdist import engine
 
-    getattr(loop, config["kind"])(config["cfg"], config.get("pre"), config["claim"])
+    engine.run(config["cfg"], config["claim"])
 
 
 def _one_line(e: BaseException) -> str:
@@ -78,9 +78,8 @@ def _in_task(spec: RunSpec) -> bool:
 
 @ray.remote(num_cpus=0, max_retries=0)
 def _execute(spec: RunSpec, claim: int, max_failures: int, submitted: float) -> dict:
-    """One run: preflight (bad input fails at once, without retries), then the engine in
-    this process (`_in_task`) or as a Ray Train job. Returns the run's record; the driver
-    writes it (a task of a driver that died never does)."""
+    """One run: the engine in this process (`_in_task`) or as a Ray Train job. Returns the
+    run's record; the driver writes it (a task of a driver that died never does)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -89,7 +88,6 @@ def _execute(spec: RunSpec, claim: int, max_failures: int, submitted: float) -> 
     timing = {"submitted": submitted, "started": started}
     r = spec.resources
     try:
-        pre = setup.preflight(spec.cfg, spec.kind)
         if _in_task(spec):
             import torch.distributed
 
@@ -98,13 +96,15 @@ def _execute(spec: RunSpec, claim: int, max_failures: int, submitted: float) -> 
                 # environment carries (a driver that trained in-process has RANK and a port)
                 for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
                     os.environ.pop(k, None)
-            _train_worker({"cfg": spec.cfg, "kind": spec.kind, "pre": pre, "claim": claim})
+            _train_worker({"cfg": spec.cfg, "claim": claim})
             return _finish(spec, storage, started, timing)
+        # bad input fails here, at once, not in every worker of every retry of the group
+        setup.preflight(spec.cfg)
         gpu = r.gpus_per_worker > 0
         per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if gpu else {})}
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"cfg": spec.cfg, "kind": spec.kind, "claim": claim},
+            train_loop_config={"cfg": spec.cfg, "claim": claim},
             scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=gpu,
                                          resources_per_worker=per_worker),
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
@@ -118,7 +118,9 @@ def _execute(spec: RunSpec, claim: int, max_failures: int, submitted: float) -> 
         trainer.fit()
         return _finish(spec, storage, started, timing)
     except Exception as e:  # noqa: BLE001 - every failure becomes the run's record
-        return failed(spec, _one_line(e), time.time() - started, timing)
+        return failed(
+            spec, _one_line(e), time.time() - started, {**timing, "finished": time.time()}
+        )
 
 
 def _finish(spec: RunSpec, storage: Storage, started: float, timing: dict) -> dict:
@@ -139,9 +141,7 @@ def _finish(spec: RunSpec, storage: Storage, started: float, timing: dict) -> di
             record["drift"] = summary(drift(spec.cfg.run.init_from, best, storage))
         except VlpdistError as e:
             record["drift"] = {"error": str(e)}
-    record["study"] = {"labels": spec.labels, "run_s": round(time.time() - started, 2),
-                       "timing": {**timing, "finished": time.time()}}  # fmt: skip
-    return record
+    return finished(spec, record, time.time() - started, {**timing, "finished": time.time()})
 
 
 def _need(spec: RunSpec) -> tuple[float, float]:

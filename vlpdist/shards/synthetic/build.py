@@ -13,6 +13,7 @@ import json
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vlpdist import __version__
@@ -41,7 +42,7 @@ class Spec:
     pool: str  # datasets on one pool share images (and image ids)
     domain: str
     split: str
-    task: str
+    task: str  # what its texts are (TEXTS)
     size: int  # built-in number of images
     about: str
     # draw texts as this dataset does: with the pool's shared images, the first N pairs of it
@@ -77,6 +78,37 @@ DATASETS = {
                          "MM-IMDB-like: poster objects + plot -> multi-label genres"),
     "mmimdb_val": Spec("poster_val", "poster", "val", "mmimdb", 500, "MM-IMDB-like validation"),
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Texts:
+    """What a dataset's texts of one image are (a Spec's `task`)."""
+
+    write: Callable[[TaskWriter, object, dict], list[dict]]  # (writer, scene, rendered image)
+    answer_ids: bool = False  # as the vqa2_pretrain source (VQA-P): ids of every answer
+    top_answer: bool = False  # the most common answer, as VQA's multiple_choice_answer
+    genres: bool = False  # the pool's scenes carry movie genres
+
+
+def _generated(w: TaskWriter, scene, image: dict) -> list[dict]:
+    """What a captioner would say: from the detector's classes of the main objects."""
+    return w.generated(scene, image["cls_prob"][image["main"]].argmax(1).tolist())
+
+
+def _vqa(w: TaskWriter, scene, _image: dict) -> list[dict]:
+    return w.vqa(scene, w.cfg.questions_per_image)
+
+
+TEXTS = {
+    "captions": Texts(lambda w, scene, _: w.captions(scene, w.cfg.captions_per_image)),
+    "alt_text": Texts(lambda w, scene, _: w.alt_text(scene)),
+    "generated": Texts(_generated),
+    "vqa_pretrain": Texts(_vqa, answer_ids=True),
+    "vqa": Texts(_vqa, top_answer=True),
+    "vizwiz": Texts(lambda w, scene, _: w.vizwiz(scene)),
+    "snli_ve": Texts(lambda w, scene, _: w.hypotheses(scene, w.cfg.hypotheses_per_image)),
+    "mmimdb": Texts(lambda w, scene, _: w.plot(scene), genres=True),
+}
 
 
 def resolve_sizes(cfg) -> dict[str, int]:
@@ -127,27 +159,13 @@ class _Out:
         self.encoder = TextEncoder(tok, "synthetic-world", world.cfg.max_text_tokens)
 
     def write(self, sc, i: int, image: dict) -> None:
-        scene, w, task = sc.image(i), self.texts, self.spec.task
-        if task == "captions":
-            texts = w.captions(scene, w.cfg.captions_per_image)
-        elif task == "alt_text":
-            texts = w.alt_text(scene)
-        elif task == "generated":
-            detected = image["cls_prob"][image["main"]].argmax(1).tolist()
-            texts = w.generated(scene, detected)
-        elif task in ("vqa", "vqa_pretrain"):
-            texts = w.vqa(scene, w.cfg.questions_per_image)
-        elif task == "vizwiz":
-            texts = w.vizwiz(scene)
-        elif task == "snli_ve":
-            texts = w.hypotheses(scene, w.cfg.hypotheses_per_image)
-        else:
-            texts = w.plot(scene)
+        scene, w, kind = sc.image(i), self.texts, TEXTS[self.spec.task]
+        texts = kind.write(w, scene, image)
         for t in texts:
             t["ids"] = self.encode(t["text"])
-            if task == "vqa_pretrain":  # as the vqa2_pretrain source: ids of every answer
+            if kind.answer_ids:
                 t["answer_ids"] = [self.encode(a) for a in t["answers"]]
-            elif task == "vqa":
+            if kind.top_answer:
                 t["multiple_choice_answer"] = Counter(t["answers"]).most_common(1)[0][0]
         width, height = (int(v) for v in sc.size_wh[i])
         image_id = f"{sc.pool}_{i:06d}"
@@ -186,7 +204,7 @@ class _Out:
 def build_pool(world, storage, out_url, pool, names, sizes, tok, card, overwrite, progress):
     spec0 = DATASETS[names[0]]
     n = max(sizes[name] for name in names)
-    sc = world.scenes(pool, spec0.domain, n, with_genres=spec0.task == "mmimdb")
+    sc = world.scenes(pool, spec0.domain, n, with_genres=TEXTS[spec0.task].genres)
     outs = [_Out(world, storage, out_url, name, tok, overwrite, progress) for name in names]
     try:
         for lo in range(0, n, CHUNK):
