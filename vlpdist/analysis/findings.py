@@ -121,12 +121,15 @@ def _grounding(cells: list[Cell | Score]) -> str:
             "priors.")  # fmt: skip
 
 
-def _summary(question: str, comps: list[Comparison], wins: str, losses: str,
-             missing: str) -> Finding:  # fmt: skip
-    """'a beats b: ahead in w, behind in l, level in t of n comparisons, mean ±x points (j of
-    n beyond the spread over seeds); largest: ...' plus the grounding of the cells compared.
-    The verdict counts the comparisons each way; level ones (the same score: often one
-    constant answer) count for neither."""
+Name = str | tuple[str, str]  # a side of a comparison: (short, long) or one name for both
+
+
+def _summary(question: str, comps: list[Comparison], a: Name, b: Name, missing: str) -> Finding:
+    """'A beats B: a ahead in w, b ahead in l, level in t of n comparisons; mean a - b +x
+    points (j of n beyond the spread over seeds); largest: ...' plus the grounding of the
+    cells compared. The verdict counts the comparisons each way; level ones (the same
+    score: often one constant answer) count for neither."""
+    (a, long_a), (b, long_b) = (x if isinstance(x, tuple) else (x, x) for x in (a, b))
     if not comps:
         return Finding(question, f"Not in this study: {missing}.", 0)
     n = len(comps)
@@ -138,11 +141,12 @@ def _summary(question: str, comps: list[Comparison], wins: str, losses: str,
     spread = (f"{len(beyond)} of {len(judged)} beyond the spread over seeds" if judged
               else "one seed each, so no spread to judge by")  # fmt: skip
     top = max(comps, key=lambda c: abs(c.delta))
-    verdict = wins if ahead > behind else losses if behind > ahead else "Neither side wins"
-    sentence = (f"{verdict}: ahead in {ahead}, behind in {behind}, level in {n - ahead - behind}"
-                f" of {n} comparisons, mean {_pts(mean)} points ({spread}); largest at "
-                f"{_where(top.context)}: {top.a} {100 * top.cell_a.mean:.1f} vs "
-                f"{top.b} {100 * top.cell_b.mean:.1f}.")  # fmt: skip
+    verdict = (f"{long_a} beats {long_b}" if ahead > behind else f"{long_b} beats {long_a}"
+               if behind > ahead else f"neither {long_a} nor {long_b} wins")  # fmt: skip
+    sentence = (f"{verdict}: {a} ahead in {ahead}, {b} ahead in "
+                f"{behind}, level in {n - ahead - behind} of {n} comparisons; mean {a} - {b} "
+                f"{_pts(mean)} points ({spread}); largest at {_where(top.context)}: {top.a} "
+                f"{100 * top.cell_a.mean:.1f} vs {top.b} {100 * top.cell_b.mean:.1f}.")  # fmt: skip
     sentence += _grounding([x for c in comps for x in (c.cell_a, c.cell_b)])
     return Finding(question, sentence, n)
 
@@ -165,16 +169,16 @@ def findings(tables: list[Table]) -> list[Finding]:
     out = [
         _summary("Does pretraining on data close to the task's domain help most?",
                  _pairwise(index, lambda c: _best(c, IN_DOMAIN), _named(OUT_OF_DOMAIN)),
-                 "In-domain pretraining (best of coco, vqa_p) beats out-of-domain cc",
-                 "Out-of-domain cc beats in-domain pretraining (best of coco, vqa_p)",
+                 ("in-domain", "in-domain pretraining (the better of coco and vqa_p)"),
+                 ("cc", "out-of-domain cc"),
                  "it needs coco or vqa_p and cc"),
         _summary("Is bigger pretraining data always better?",
                  _pairwise(index, _named(OUT_OF_DOMAIN), _named(OUT_OF_DOMAIN_SMALL)),
-                 "The whole of cc beats cc_small", "cc_small beats the whole of cc",
+                 "cc", "cc_small",
                  "it needs cc and cc_small"),
         _summary("Do generated in-domain captions beat out-of-domain text?",
                  _pairwise(index, _named(GENERATED), _named(OUT_OF_DOMAIN)),
-                 "Generated in-domain captions (ccg) beat cc", "cc beats generated captions (ccg)",
+                 ("ccg", "generated in-domain captions (ccg)"), "cc",
                  "it needs ccg and cc"),
     ]  # fmt: skip
     out.append(_low_resource(index))
@@ -198,8 +202,9 @@ def _low_resource(index) -> Finding:
             comps.append(Comparison((arch, mode, frac, task), f"{best_low}'s gain at "
                                     f"{frac * 100:g}%", f"{best_high}'s at {fracs[-1] * 100:g}%",
                                     _gain(cells, best_low), _gain(high, best_high)))  # fmt: skip
-    return _summary(q, comps, "The best pretraining gains more over scratch with less data",
-                    "The best pretraining gains less over scratch with less data",
+    low, high = f"{fracs[0] * 100:g}%", f"{fracs[-1] * 100:g}%"
+    return _summary(q, comps, (low, f"the best set's gain over scratch at {low}"),
+                    (high, f"its gain at {high}"),
                     "it needs scratch and two train fractions")  # fmt: skip
 
 
@@ -220,8 +225,8 @@ def _architectures(index) -> Finding:
             comps.append(Comparison((arch, mode, frac, task), f"visual_bert/{a}",
                                     f"vilbert/{b}", cells[a], other[b]))  # fmt: skip
     return _summary("VisualBERT or ViLBERT?", comps,
-                    "VisualBERT (its best pretraining) beats ViLBERT (its best)",
-                    "ViLBERT (its best pretraining) beats VisualBERT (its best)",
+                    ("VisualBERT", "VisualBERT (its best set)"),
+                    ("ViLBERT", "ViLBERT (its best set)"),
                     "it needs both architectures")  # fmt: skip
 
 
@@ -252,8 +257,8 @@ def _controls(index) -> Finding:
     """The best pretrained model against the text-only control of the same context."""
     comps = _pairwise(index, lambda c: _best(c, _pretrained(c)), _named(TEXT_ONLY))
     return _summary("Do the models use the image at all?", comps,
-                    "The best pretrained model beats the text-only control",
-                    "The text-only control beats the best pretrained model",
+                    ("pretrained", "the best pretrained model"),
+                    ("text-only", "the text-only control"),
                     "it needs the text-only control (study.controls)")  # fmt: skip
 
 
