@@ -239,17 +239,13 @@ def table(rows: list[dict]) -> str:
 def plot(rows: list[dict], path_png: str) -> list[str]:
     """One PNG: a row of two panels (L1, angle) per stream, against layer, one line per
     weight. Returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # as plots.py: no pyplot, no global figure state
 
     streams = _streams(rows)
     if not streams:
         raise VlpdistError(f"{path_png}: no drift rows to plot")
-    fig, axes = plt.subplots(
-        len(streams), 2, figsize=(11, 3.4 * len(streams)), squeeze=False, layout="constrained"
-    )
+    fig = Figure(figsize=(11, 3.4 * len(streams)), layout="constrained")
+    axes = fig.subplots(len(streams), 2, squeeze=False)
     arch = rows[0]["arch"]
     for (stream, rs), (ax_l1, ax_angle) in zip(streams.items(), axes, strict=True):
         weights = list(dict.fromkeys(r["weight"] for r in rs))
@@ -266,7 +262,6 @@ def plot(rows: list[dict], path_png: str) -> list[str]:
         ax_angle.legend(fontsize="small", ncol=2 if len(weights) > 4 else 1)
     os.makedirs(os.path.dirname(os.path.abspath(path_png)), exist_ok=True)
     fig.savefig(path_png, dpi=110)
-    plt.close(fig)
     return [path_png]
 
 

@@ -80,24 +80,21 @@ def _wds(cfg: DataConfig, storage_cfg: StorageConfig | None, urls: list[str]) ->
     import webdataset as wds
 
     from vlpdist.data.decode import Decoded
-    from vlpdist.data.loader import ShardStream
+    from vlpdist.data.loader import Loader
 
-    collator = ShardStream(cfg, storage_cfg, 0, 1).collator
+    loader = Loader(cfg, storage_cfg)  # its collation, so both pipelines make the same batches
     if "://" in urls[0]:  # how webdataset users read object storage: a pipe per shard
         code = "import sys,shutil;from vlpdist.storage import Storage;" \
                "shutil.copyfileobj(Storage().open_read(sys.argv[1]),sys.stdout.buffer)"  # fmt: skip
         urls = [f"pipe:{shlex.quote(sys.executable)} -c {shlex.quote(code)} {u}" for u in urls]
     t, n, batch, pos = time.perf_counter(), 0, [], 0
     b = cfg.batch_size
-    entries = np.full((b, 4), -1, dtype=np.int64)
     for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode():
         batch.append(
             Decoded(s["__key__"], s["feats.npy"], s["boxes.npy"], s.get("cls_prob.npy"), s["json"])
         )
         if len(batch) == b:
-            collator(
-                batch, entries, np.arange(pos, pos + b), np.zeros(b, bool), np.zeros(b, np.int64), 0
-            )
+            loader.collate(batch, pos)
             n, pos, batch = n + b, pos + b, []
     return n / (time.perf_counter() - t)
 

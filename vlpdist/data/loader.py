@@ -301,6 +301,15 @@ class Loader:
                         "synthetic": bool(s.manifest.get("synthetic"))})  # fmt: skip
         return out
 
+    def collate(self, samples: list[Decoded], position: int = 0) -> Batch:
+        """The batch that decoded `samples` make under this loader's collation (masking,
+        padding, targets), as if they stood at `position` of epoch 0: what another
+        pipeline's samples become here, for comparisons (`vlpdist bench data`)."""
+        b = len(samples)
+        return self.stream.collator(samples, np.full((b, 4), -1, dtype=np.int64),
+                                    np.arange(position, position + b), np.zeros(b, bool),
+                                    np.zeros(b, np.int64), 0)  # fmt: skip
+
     def units(self) -> int:
         """Training units per epoch over all sources (images in pretraining, else texts)."""
         return sum(len(self.stream.units(i)) for i in range(len(self.stream.sources)))
