@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from corrupt import copy_with_corrupt_sample
 
 from vlpdist.storage import Storage
@@ -160,7 +161,8 @@ def test_global_batch_that_cannot_be_kept_is_refused(world, tmp_path, run_cli):
 
 
 def launch(cli: list[str], port: int, ranks: int = 2, popen: bool = False):
-    """`deepspeed --num_gpus N --module vlpdist ...`: N real processes on CPU (gloo)."""
+    """`deepspeed --num_gpus N --module vlpdist ...`: N real processes on CPU (gloo). `port`:
+    a free one, never a fixed number, so two suites on one machine do not collide."""
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks),
            "--master_port", str(port), "--module", "vlpdist", *cli]  # fmt: skip
     if popen:  # its own process group: SIGKILL reaches the launcher and every rank
@@ -184,7 +186,7 @@ def two_rank_runs(world, tmp_path_factory) -> dict:
         out = base / f"z{stage}"
         cli = args(world, str(out), 4, f"deepspeed.zero_stage={stage}", "optim.warmup_steps=1",
                    "run.checkpoint_every=2", "model.sizes={dropout: 0.0, attention_dropout: 0.0}")  # fmt: skip
-        proc = launch(cli, port=29600 + stage)
+        proc = launch(cli, port=free_port())
         runs[stage] = (out, summary(proc))
     return runs
 
@@ -215,7 +217,7 @@ def test_resume_two_ranks_on_one_through_a_universal_checkpoint(world, two_rank_
         shutil.copytree(src, out)
         tr = f"run.trace={tmp_path / f't{ranks}'}"
         if ranks == 2:
-            r = summary(launch(args(world, str(out), 8, *extra, tr), port=29610))
+            r = summary(launch(args(world, str(out), 8, *extra, tr), port=free_port()))
         else:
             r = result(run_cli(*args(world, str(out), 8, *extra, tr)))
         assert r["resumed_from"].endswith("checkpoints/00000004") and r["steps"] == 8
@@ -240,7 +242,7 @@ def test_two_ranks_pretrain_then_finetune_on_s3_survive_a_kill(world, s3, tmp_pa
     fine-tune from the S3 export; the fine-tuning job is SIGKILLed (launcher and ranks)
     after a checkpoint, rerun, and completes from it with its evaluation history."""
     runs = s3.url("runs")
-    pre = summary(launch(args(world, runs, 4, "deepspeed.zero_stage=1"), port=29620))
+    pre = summary(launch(args(world, runs, 4, "deepspeed.zero_stage=1"), port=free_port()))
     assert pre["export"] == s3.url("runs", "tiny", "export")
     tr = tmp_path / "trace"
     ft = ["finetune", str(REPO / "configs/finetune/tiny.yaml"),
@@ -249,7 +251,7 @@ def test_two_ranks_pretrain_then_finetune_on_s3_survive_a_kill(world, s3, tmp_pa
           f"run.init_from={pre['export']}", "data.batch_size=4", "deepspeed.global_batch_size=8",
           "data.max_regions=16", "optim.total_steps=8", "optim.warmup_steps=2", "eval.every=4",
           "run.checkpoint_every=4", "deepspeed.zero_stage=1", f"run.trace={tr}"]  # fmt: skip
-    proc = launch(ft, port=29621, popen=True)
+    proc = launch(ft, port=free_port(), popen=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # kill during update 6
         if (tr / "rank0.jsonl").exists() and any(t["step"] == 6 for t in trace(tr / "rank0.jsonl")):
@@ -258,7 +260,7 @@ def test_two_ranks_pretrain_then_finetune_on_s3_survive_a_kill(world, s3, tmp_pa
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
-    done = summary(launch(ft, port=29622))
+    done = summary(launch(ft, port=free_port()))
     assert done["resumed_from"] == s3.url("runs", "tiny-vqa", "checkpoints", "00000004")
     store = Storage()
     record = json.loads(store.read_text(s3.url("runs", "tiny-vqa", "result.json")))

@@ -9,24 +9,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from vlpdist.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = ["configs/study/tiny.yaml", "run.output=s3://vlpdist/studies",
          "study.shards=s3://vlpdist/world/shards"]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
