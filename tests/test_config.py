@@ -22,7 +22,8 @@ from vlpdist.config import (
 from vlpdist.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+# configs/extract/ holds extraction configs, another schema: tests/test_extract.py loads them
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "extract")
 RECIPES = sorted((REPO / "shards").glob("*.yaml"))
 TINY = str(REPO / "configs/pretrain/tiny.yaml")
 # the command that reads each directory's configs; model/ and deepspeed/ are fragments that

@@ -57,6 +57,20 @@ def cmd_shards_build(args) -> int:
     return 0
 
 
+def cmd_shards_extract(args) -> int:
+    from vlpdist.config import load
+    from vlpdist.config.extract import ExtractConfig
+    from vlpdist.shards.extract.pipeline import extract
+
+    m = extract(
+        load(ExtractConfig, args.config, args.overrides), args.out, overwrite=args.overwrite
+    )
+    skipped = m["build_report"]["skipped_count"]
+    print(f"wrote {m['num_samples']} images' regions in {len(m['shards'])} shards to {args.out}"
+          f" ({skipped} images skipped, listed in index.json build_report)")  # fmt: skip
+    return 0
+
+
 def cmd_shards_synth(args) -> int:
     from vlpdist.shards.synthetic import synthesize
 
@@ -290,6 +304,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.epilog = OVERRIDES
     p.set_defaults(fn=cmd_shards_build)
+
+    p = sh.add_parser("extract", help="region features from images (Ray Data), as a shard set")
+    p.add_argument("config", help="extraction config YAML (see configs/extract/)")
+    p.add_argument("--out", required=True, help="dataset directory URL to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing shard set")
+    p.epilog = "trailing key=value arguments override the config, e.g. images=DIR batch_size=16"
+    p.set_defaults(fn=cmd_shards_extract)
 
     p = sh.add_parser("synth", help="build the synthetic world's shard sets")
     _add_config_args(p)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from vlpdist.config.loader import SECRET, Invalid
@@ -51,6 +53,19 @@ class StorageConfig:
     """Unsigned requests (public buckets)."""
     retry: RetryConfig = field(default_factory=RetryConfig)
     """Backoff for transient errors (5xx, throttling, resets, timeouts)."""
+
+    def resolved(self) -> StorageConfig:
+        """These settings with this process's AWS_* variables filled in where unset, to
+        travel with the work (Ray task arguments, never printed): workers on other nodes
+        then need no AWS_* variables of their own."""
+        env = {
+            "endpoint_url": os.environ.get("AWS_ENDPOINT_URL"),
+            "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+            "access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+            "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        }
+        filled = {k: v for k, v in env.items() if v and getattr(self, k) is None}
+        return dataclasses.replace(self, **filled)
 
 
 @dataclass

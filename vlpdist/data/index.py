@@ -45,6 +45,11 @@ class Source:
 
 def open_source(storage: Storage, cfg: DataConfig, url: str, weight: float) -> Source:
     m = load_manifest(storage, url)
+    if m.get("regions_only"):
+        raise ShardError(
+            f"{url}: a set of image regions without texts (vlpdist shards extract); build a "
+            "task over it (inputs.features) or caption it (vlpdist shards caption) to train on it"
+        )
     shard_urls = [join(url, s["name"]) for s in m["shards"]]
     samples = np.array([s["num_samples"] for s in m["shards"]], dtype=np.int64)
     texts = [

@@ -199,7 +199,8 @@ def _check_decoded(key: str, members: dict[str, bytes], manifest: dict) -> str |
         sample = schema.decode(key, members)
     except ValueError as e:  # includes numpy's refusal to unpickle and bad JSON
         return f"does not decode: {e}"
-    return schema.check(sample, manifest["feature_dim"], manifest.get("cls_prob_dim"))
+    need_texts = not manifest.get("regions_only", False)
+    return schema.check(sample, manifest["feature_dim"], manifest.get("cls_prob_dim"), need_texts)
 
 
 def inspect(storage: Storage, url: str, n_samples: int = 3) -> dict:

@@ -68,8 +68,11 @@ def normalise_boxes(boxes_px: np.ndarray, width: float, height: float) -> np.nda
     return np.clip(b / scale, 0.0, 1.0).astype(np.float32)
 
 
-def check(sample: Sample, feature_dim: int | None, cls_dim: int | None) -> str | None:
-    """Why `sample` cannot be written, or None. Builders turn a reason into a counted skip."""
+def check(
+    sample: Sample, feature_dim: int | None, cls_dim: int | None, need_texts: bool = True
+) -> str | None:
+    """Why `sample` cannot be written, or None. Builders turn a reason into a counted skip.
+    A set of regions only (`vlpdist shards extract`) has samples without texts."""
     f, b, c = sample.feats, sample.boxes, sample.cls_prob
     if f.ndim != 2 or f.shape[0] == 0:
         return f"features must be [N, D] with N >= 1, got shape {tuple(f.shape)}"
@@ -90,7 +93,7 @@ def check(sample: Sample, feature_dim: int | None, cls_dim: int | None) -> str |
     for k in ("image_id", "width", "height", "source", "texts"):
         if k not in meta:
             return f"json is missing '{k}'"
-    if not meta["texts"]:
+    if need_texts and not meta["texts"]:
         return "no texts"
     for t in meta["texts"]:
         if t.get("kind") not in TEXT_KINDS or not isinstance(t.get("text"), str):

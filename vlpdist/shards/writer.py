@@ -1,7 +1,8 @@
 """Writing a shard set: tar shards, then `index.json` last (the commit of the dataset).
 
 Manifest (`index.json`) fields:
-  format, version, dataset, source, synthetic, feature_dim, cls_prob_dim, box_format,
+  format, version, dataset, source, synthetic, regions_only (a set of image regions without
+  texts, from `vlpdist shards extract`), feature_dim, cls_prob_dim, box_format,
   num_samples, num_texts, total_bytes, tokenizer{name, path, files, sha256, vocab_size,
   lowercase, max_tokens}, recipe{...}, build_report{...}, extra{...},
   labels ("labels.json" when the set has answers or genres), shards[{name, num_samples,
@@ -135,6 +136,7 @@ class ShardWriter:
         target_shard_bytes: int = 256_000_000,
         progress: bool = True,
         overwrite: bool = False,
+        need_texts: bool = True,
     ):
         self.storage, self.url, self.dataset, self.report = (
             storage,
@@ -144,6 +146,7 @@ class ShardWriter:
         )
         self.target = target_shard_bytes
         self.progress = progress
+        self.need_texts = need_texts
         index_url = join(self.url, INDEX)
         # Refuse before the caller does any long work; an old set being replaced is only
         # cleared right before the first new shard lands, so a rebuild that fails early
@@ -169,7 +172,7 @@ class ShardWriter:
     def add(self, sample: schema.Sample, where: str | None = None) -> bool:
         """Write `sample`, or count it as skipped with the reason. True when written."""
         item = sample.meta.get("image_id", sample.key)
-        reason = schema.check(sample, self.feature_dim, self.cls_dim)
+        reason = schema.check(sample, self.feature_dim, self.cls_dim, self.need_texts)
         if reason is None and sample.key in self.keys:
             reason = f"duplicate sample key '{sample.key}'"
         if reason is not None:
@@ -199,6 +202,24 @@ class ShardWriter:
         if self._tar.tarstream.offset >= self.target:
             self._close_shard()
         return True
+
+    def roll(self) -> dict | None:
+        """Close the open shard now (callers that cut shards by count, not size); its
+        manifest entry, or None when no shard was open."""
+        if self._tar is None:
+            return None
+        self._close_shard()
+        return self.shards[-1]
+
+    def adopt(self, entry: dict, keys: list[str], feature_dim: int, cls_dim: int | None) -> None:
+        """Count a shard that an earlier, interrupted run of the same build already wrote
+        (its entry as `roll` gave it), so a rerun goes on after it."""
+        if self.feature_dim is None:
+            self.feature_dim, self.cls_dim = feature_dim, cls_dim
+        self.shards.append(entry)
+        self.keys.update(keys)
+        self.report.written += entry["num_samples"]
+        self.report.bytes += entry["bytes"]
 
     def _open_shard(self) -> None:
         import webdataset as wds  # imports torch: only when writing, not for every reader
@@ -269,6 +290,7 @@ class ShardWriter:
                 "dataset": self.dataset,
                 "source": source,
                 "synthetic": synthetic,
+                "regions_only": not self.need_texts,
                 "feature_dim": self.feature_dim,
                 "cls_prob_dim": self.cls_dim,
                 "box_format": "x1y1x2y2, normalised to [0, 1]",

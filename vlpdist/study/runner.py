@@ -150,18 +150,8 @@ def _need(spec: RunSpec) -> tuple[float, float]:
 
 
 def _resolve_storage(cfg: Config) -> Config:
-    """The study's S3 settings, taken from the driver's environment where the config leaves
-    them unset, travel with each run's config (Ray task arguments, never printed), so
-    workers on other nodes need no AWS_* variables of their own."""
-    s = cfg.storage
-    env = {
-        "endpoint_url": os.environ.get("AWS_ENDPOINT_URL"),
-        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-        "access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
-        "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
-    }
-    filled = {k: v for k, v in env.items() if v and getattr(s, k) is None}
-    return dataclasses.replace(cfg, storage=dataclasses.replace(s, **filled))
+    """The study's S3 settings travel with each run's config (see StorageConfig.resolved)."""
+    return dataclasses.replace(cfg, storage=cfg.storage.resolved())
 
 
 def connect() -> str:

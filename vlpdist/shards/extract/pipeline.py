@@ -1,0 +1,284 @@
+"""`vlpdist shards extract`: images → a committed shard set of region features, on Ray Data.
+
+The stages, in order:
+  list the images (sorted by id) and cut them into chunks of `images_per_shard`
+  → skip the chunks an interrupted run already committed (`_parts/chunk-N.json`)
+  → Ray Data: read + decode + resize on CPU tasks → the extractor in an actor pool
+    (batched, one actor per GPU or per CPU slice), streaming, in order
+  → the driver writes each chunk as one shard as soon as its last image arrives,
+    then its part record (the shard's commit marker for a rerun)
+  → index.json last.
+A bad image is a row with its reason: it is listed in the build report with its path and
+never stops the job. Batches are padded to `batch_size`, so an image's features do not
+depend on which images share its batch: the same images and weights give bit-identical
+features on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from vlpdist.config import to_dict
+from vlpdist.config.extract import ExtractConfig
+from vlpdist.errors import ConfigError, ShardError
+from vlpdist.shards.extract.extractors import Extractor, get_extractor
+from vlpdist.shards.extract.images import BadImage, ImageRef, decode, list_images
+from vlpdist.shards.schema import Sample, load_npy, make_key, npy_bytes
+from vlpdist.shards.writer import BuildReport, ShardWriter
+from vlpdist.storage import Storage, join
+
+PARTS = "_parts"
+_LOOPBACK = "127.0.0.2"  # a local Ray's node address: loopback, and one Ray keeps as given
+
+
+def extract(cfg: ExtractConfig, out_url: str, *, overwrite: bool = False) -> dict:
+    """Extract the features of `cfg.images` into a shard set at `out_url`; the manifest."""
+    extractor = get_extractor(cfg.extractor, cfg.options, cfg.weights, cfg.seed)
+    if not cfg.images:
+        raise ConfigError("images: name the images to extract (images=DIR, GLOB or TAR URL)")
+    storage = Storage(cfg.storage)
+    out_url = out_url.rstrip("/")
+    dataset = cfg.dataset or out_url.rsplit("/", 1)[-1]
+    report = BuildReport()
+    writer = ShardWriter(storage, out_url, dataset, report, target_shard_bytes=1 << 62,
+                         progress=False, overwrite=overwrite, need_texts=False)  # fmt: skip
+    refs, notes = list_images(storage, cfg.images)
+    report.notes.extend(notes)
+    described = extractor.describe()
+    k = cfg.images_per_shard
+    chunks = [refs[i : i + k] for i in range(0, len(refs), k)]
+    fingerprint = _fingerprint(described, cfg, refs)
+    done = _resume(storage, out_url, writer, report, fingerprint, overwrite)
+    if done:
+        report.notes.append(f"resumed: {done} of {len(chunks)} chunks were already committed")
+    try:
+        if done < len(chunks):
+            rows = _run_ray(cfg, extractor, [r for c in chunks[done:] for r in c])
+            _write(rows, chunks, done, storage, out_url, writer, report, fingerprint, cfg.progress)
+        extra = {"extractor": described, "images": cfg.images, "images_listed": len(refs)}
+        manifest = writer.commit("extract", to_dict(cfg, redact=True), None, extra=extra)
+    finally:
+        print(report.summary(dataset), file=sys.stderr)
+    storage.rm(join(out_url, PARTS), recursive=True)
+    return manifest
+
+
+def _fingerprint(described: dict, cfg: ExtractConfig, refs: list[ImageRef]) -> str:
+    """What a committed chunk depends on: a rerun with anything else starts again."""
+    h = hashlib.sha256(json.dumps([described, cfg.images_per_shard], sort_keys=True).encode())
+    for r in refs:
+        h.update(f"{r.image_id}\0{r.where}\n".encode())
+    return h.hexdigest()
+
+
+def _part_url(out_url: str, chunk: int) -> str:
+    return join(out_url, PARTS, f"chunk-{chunk:06d}.json")
+
+
+def _resume(storage, out_url, writer, report, fingerprint, overwrite) -> int:
+    """Adopt the chunks an interrupted run committed (a prefix: chunks are written in
+    order); the number of chunks done."""
+    if not storage.exists(join(out_url, PARTS)):
+        return 0
+    done = 0
+    while storage.exists(_part_url(out_url, done)):
+        part = json.loads(storage.read_text(_part_url(out_url, done)))
+        if part["fingerprint"] != fingerprint:
+            if not overwrite:
+                raise ShardError(
+                    f"{join(out_url, PARTS)}: an unfinished extraction with other images or "
+                    "settings is here; use --overwrite to start again"
+                )
+            storage.rm(join(out_url, PARTS), recursive=True)
+            return 0
+        if part["shard"] is not None:
+            writer.adopt(part["shard"], part["keys"], part["feature_dim"], part["cls_dim"])
+        report.read += part["read"]
+        report.skipped.extend(part["skipped"])
+        done += 1
+    return done
+
+
+def _write(rows, chunks, done, storage, out_url, writer, report, fingerprint, progress) -> None:
+    """Consume the rows in order; each chunk becomes a shard, then its part record."""
+    total = sum(len(c) for c in chunks[done:])
+    bar = tqdm(total=total, desc="extract", unit=" img", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    chunk, left, skipped_before, keys = done, len(chunks[done]), len(report.skipped), []
+    started = time.time()
+    for row in rows:
+        report.read += 1
+        if row["error"]:
+            report.skip(row["image_id"], row["error"], row["where"])
+        else:
+            sample = _sample(row)
+            if writer.add(sample, row["where"]):
+                keys.append(sample.key)
+        bar.update(1)
+        bar.set_postfix_str(f"{bar.n / max(time.time() - started, 1e-6):.1f} img/s", refresh=False)
+        left -= 1
+        if left == 0:
+            part = {
+                "fingerprint": fingerprint,
+                "shard": writer.roll(),
+                "keys": keys,
+                "feature_dim": writer.feature_dim,
+                "cls_dim": writer.cls_dim,
+                "read": len(chunks[chunk]),
+                "skipped": report.skipped[skipped_before:],
+            }
+            storage.write_text(_part_url(out_url, chunk), json.dumps(part))
+            chunk += 1
+            if chunk < len(chunks):
+                left, skipped_before, keys = len(chunks[chunk]), len(report.skipped), []
+    bar.close()
+    if chunk != len(chunks):
+        raise ShardError(f"{out_url}: extraction ended after {chunk} of {len(chunks)} chunks")
+
+
+def _sample(row: dict) -> Sample:
+    cls = load_npy(row["cls_prob"]) if len(row["cls_prob"]) else None
+    meta = {
+        "image_id": row["image_id"],
+        "width": int(row["width"]),
+        "height": int(row["height"]),
+        "source": "extract",
+        "split": "",
+        "texts": [],
+    }
+    return Sample(
+        make_key(row["image_id"]), load_npy(row["feats"]), load_npy(row["boxes"]), meta, cls
+    )
+
+
+# ---------------------------------------------------------------- Ray Data
+
+
+def _connect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kw = {"log_to_driver": False, "configure_logging": False}
+    if os.environ.get("RAY_ADDRESS"):  # `ray job submit` sets it: join that cluster
+        ray.init(**kw)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(_node_ip_address=_LOOPBACK, include_dashboard=False, **kw)
+
+
+def _run_ray(cfg: ExtractConfig, extractor: Extractor, refs: list[ImageRef]):
+    """The rows of `refs`, in their order, each with its features or its error."""
+    import ray
+
+    _connect()
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # chunks are written in order
+    ctx.enable_progress_bars = False  # the driver's bar counts images
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    items = [
+        {"image_id": r.image_id, "url": r.url, "where": r.where,
+         "start": -1 if r.start is None else r.start, "end": -1 if r.end is None else r.end}
+        for r in refs
+    ]  # fmt: skip
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // cfg.batch_size))
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={
+            "extractor": extractor,
+            "storage": cfg.storage.resolved(),
+            "max_pixels": cfg.max_pixels,
+        },  # fmt: skip
+        batch_size=cfg.batch_size,
+        batch_format="pandas",
+        # not the actors' CPU count: Ray Data would fuse decoding into the model actors
+        num_cpus=0.5,
+    )
+    ds = ds.map_batches(
+        ExtractActor,
+        fn_constructor_kwargs={
+            "extractor": extractor,
+            "batch_size": cfg.batch_size,
+            "threads": max(1, int(cfg.cpus_per_actor)),
+        },  # fmt: skip
+        batch_size=cfg.batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.gpus_per_actor,
+    )
+    return ds.iter_rows()
+
+
+def decode_batch(batch, extractor: Extractor, storage, max_pixels: int):
+    """CPU stage: read each image, decode it, fit it to the model's square input."""
+    st = Storage(storage)
+    size = extractor.input_size
+    pixels, hw, wh, errors = [], [], [], []
+    for url, start, end in zip(batch["url"], batch["start"], batch["end"], strict=True):
+        square, content, dims, error = np.zeros((size, size, 3), np.uint8), (0, 0), (0, 0), ""
+        try:
+            data = st.read_bytes(
+                url, None if start < 0 else int(start), None if end < 0 else int(end)
+            )
+            rgb = decode(data, max_pixels)
+            dims = (rgb.shape[1], rgb.shape[0])
+            square, content = extractor.prepare(rgb)
+        except BadImage as e:
+            error = e.reason
+        pixels.append(square.tobytes())
+        hw.append(content)
+        wh.append(dims)
+        errors.append(error)
+    out = batch.drop(columns=["url", "start", "end"])
+    out["pixels"] = pixels
+    out["content_h"] = [h for h, _ in hw]
+    out["content_w"] = [w for _, w in hw]
+    out["width"] = [w for w, _ in wh]
+    out["height"] = [h for _, h in wh]
+    out["error"] = errors
+    return out
+
+
+class ExtractActor:
+    """Model stage: the extractor's module, forwarding fixed-size batches."""
+
+    def __init__(self, extractor: Extractor, batch_size: int, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.extractor, self.batch_size = extractor, batch_size
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.module = extractor.module().to(self.device)
+
+    def __call__(self, batch):
+        torch, size = self.torch, self.extractor.input_size
+        ok = [i for i, e in enumerate(batch["error"]) if not e]
+        n = self.batch_size
+        px = np.zeros((n, size, size, 3), np.uint8)
+        hw = np.ones((n, 2), np.int64) * size
+        for slot, i in enumerate(ok):
+            px[slot] = np.frombuffer(batch["pixels"].iloc[i], np.uint8).reshape(size, size, 3)
+            hw[slot] = (batch["content_h"].iloc[i], batch["content_w"].iloc[i])
+        feats, boxes, cls = [b""] * len(batch), [b""] * len(batch), [b""] * len(batch)
+        if ok:
+            x = torch.from_numpy(px).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+            with torch.inference_mode():
+                regions = self.module(x, torch.from_numpy(hw))
+            for slot, i in enumerate(ok):
+                f, b, c = regions[slot]
+                feats[i] = npy_bytes(f.float().cpu().numpy().astype(np.float16))
+                boxes[i] = npy_bytes(b.float().cpu().numpy().astype(np.float32))
+                cls[i] = b"" if c is None else npy_bytes(c.float().cpu().numpy().astype(np.float16))
+        out = batch.drop(columns=["pixels", "content_h", "content_w"])
+        out["feats"], out["boxes"], out["cls_prob"] = feats, boxes, cls
+        return out
