@@ -204,6 +204,12 @@ def cmd_bench_data(args) -> int:
     return bench_data(args)
 
 
+def cmd_bench_extract(args) -> int:
+    from vlpdist.bench.extract import main as bench_extract
+
+    return bench_extract(args)
+
+
 def cmd_bench_model(args) -> int:
     from vlpdist.bench.model import main as bench_model
 
@@ -345,6 +351,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     p.add_argument("--json", action="store_true", help="one-line JSON (default: indented)")
     p.set_defaults(fn=cmd_bench_data)
+
+    p = bench.add_parser("extract", help="extraction pipeline vs a plain loop vs the model alone")
+    p.add_argument("config", nargs="?", help="extraction config (default: the grid extractor)")
+    p.add_argument("--images", type=int, default=48, help="photos drawn for the run")
+    p.add_argument("--size", default="640x480", help="their size, WxH")
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    p.epilog = "trailing key=value arguments override the config, e.g. actors=2 batch_size=4"
+    p.set_defaults(fn=cmd_bench_extract)
 
     p = bench.add_parser("model", help="params, FLOPs, CPU step time vs transformers")
     p.add_argument("--flavors", nargs="+", default=["tiny", "small"], help="flavors to time")

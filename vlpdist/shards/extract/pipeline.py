@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -36,6 +37,9 @@ from vlpdist.shards.writer import BuildReport, ShardWriter
 from vlpdist.storage import Storage, join
 
 PARTS = "_parts"
+# CPUs a decode task asks for: not the actors' count, or Ray Data would fuse decoding into
+# the model actors
+DECODE_CPUS = 0.5
 _LOOPBACK = "127.0.0.2"  # a local Ray's node address: loopback, and one Ray keeps as given
 
 
@@ -54,21 +58,36 @@ def extract(cfg: ExtractConfig, out_url: str, *, overwrite: bool = False) -> dic
     report.notes.extend(notes)
     described = extractor.describe()
     k = cfg.images_per_shard
-    chunks = [refs[i : i + k] for i in range(0, len(refs), k)]
-    fingerprint = _fingerprint(described, cfg, refs)
-    done = _resume(storage, out_url, writer, report, fingerprint, overwrite)
+    run = _Run(storage, out_url, writer, report, _fingerprint(described, cfg, refs),
+               [refs[i : i + k] for i in range(0, len(refs), k)])  # fmt: skip
+    done = _resume(run, overwrite)
     if done:
-        report.notes.append(f"resumed: {done} of {len(chunks)} chunks were already committed")
+        report.notes.append(f"resumed: {done} of {len(run.chunks)} chunks were already committed")
+    extra = {"extractor": described, "images": cfg.images, "images_listed": len(refs)}
     try:
-        if done < len(chunks):
-            rows = _run_ray(cfg, extractor, [r for c in chunks[done:] for r in c])
-            _write(rows, chunks, done, storage, out_url, writer, report, fingerprint, cfg.progress)
-        extra = {"extractor": described, "images": cfg.images, "images_listed": len(refs)}
+        if done < len(run.chunks):
+            rows = _run_ray(cfg, extractor, [r for c in run.chunks[done:] for r in c])
+            extra["throughput"] = _write(run, rows, done, cfg.progress)
         manifest = writer.commit("extract", to_dict(cfg, redact=True), None, extra=extra)
     finally:
         print(report.summary(dataset), file=sys.stderr)
     storage.rm(join(out_url, PARTS), recursive=True)
     return manifest
+
+
+@dataclass
+class _Run:
+    storage: Storage
+    out_url: str
+    writer: ShardWriter
+    report: BuildReport
+    fingerprint: str
+    """What a committed chunk depends on: a rerun with anything else starts again."""
+    chunks: list[list[ImageRef]]
+    """The images, sorted by id, cut into shards of images_per_shard."""
+
+    def part_url(self, chunk: int) -> str:
+        return join(self.out_url, PARTS, f"chunk-{chunk:06d}.json")
 
 
 def _fingerprint(described: dict, cfg: ExtractConfig, refs: list[ImageRef]) -> str:
@@ -79,42 +98,43 @@ def _fingerprint(described: dict, cfg: ExtractConfig, refs: list[ImageRef]) -> s
     return h.hexdigest()
 
 
-def _part_url(out_url: str, chunk: int) -> str:
-    return join(out_url, PARTS, f"chunk-{chunk:06d}.json")
-
-
-def _resume(storage, out_url, writer, report, fingerprint, overwrite) -> int:
+def _resume(run: _Run, overwrite: bool) -> int:
     """Adopt the chunks an interrupted run committed (a prefix: chunks are written in
     order); the number of chunks done."""
-    if not storage.exists(join(out_url, PARTS)):
+    parts = join(run.out_url, PARTS)
+    if not run.storage.exists(parts):
         return 0
     done = 0
-    while storage.exists(_part_url(out_url, done)):
-        part = json.loads(storage.read_text(_part_url(out_url, done)))
-        if part["fingerprint"] != fingerprint:
+    while run.storage.exists(run.part_url(done)):
+        part = json.loads(run.storage.read_text(run.part_url(done)))
+        if part["fingerprint"] != run.fingerprint:
             if not overwrite:
                 raise ShardError(
-                    f"{join(out_url, PARTS)}: an unfinished extraction with other images or "
-                    "settings is here; use --overwrite to start again"
+                    f"{parts}: an unfinished extraction with other images or settings is "
+                    "here; use --overwrite to start again"
                 )
-            storage.rm(join(out_url, PARTS), recursive=True)
+            run.storage.rm(parts, recursive=True)
             return 0
         if part["shard"] is not None:
-            writer.adopt(part["shard"], part["keys"], part["feature_dim"], part["cls_dim"])
-        report.read += part["read"]
-        report.skipped.extend(part["skipped"])
+            run.writer.adopt(part["shard"], part["keys"], part["feature_dim"], part["cls_dim"])
+        run.report.read += part["read"]
+        run.report.skipped.extend(part["skipped"])
         done += 1
     return done
 
 
-def _write(rows, chunks, done, storage, out_url, writer, report, fingerprint, progress) -> None:
-    """Consume the rows in order; each chunk becomes a shard, then its part record."""
-    total = sum(len(c) for c in chunks[done:])
+def _write(run: _Run, rows, done: int, progress: bool) -> dict:
+    """Consume the rows in order; each chunk becomes a shard, then its part record. The
+    throughput: images, seconds, and the seconds until the first image came back (the
+    actors' start), so a short run's rate can be read apart from its start."""
+    writer, report = run.writer, run.report
+    total = sum(len(c) for c in run.chunks[done:])
     bar = tqdm(total=total, desc="extract", unit=" img", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-    chunk, left, skipped_before, keys = done, len(chunks[done]), len(report.skipped), []
-    started = time.time()
+    chunk, left, skipped_before, keys = done, len(run.chunks[done]), len(report.skipped), []
+    started, first = time.perf_counter(), None
     for row in rows:
+        first = first if first is not None else time.perf_counter() - started
         report.read += 1
         if row["error"]:
             report.skip(row["image_id"], row["error"], row["where"])
@@ -123,25 +143,29 @@ def _write(rows, chunks, done, storage, out_url, writer, report, fingerprint, pr
             if writer.add(sample, row["where"]):
                 keys.append(sample.key)
         bar.update(1)
-        bar.set_postfix_str(f"{bar.n / max(time.time() - started, 1e-6):.1f} img/s", refresh=False)
+        bar.set_postfix_str(f"{bar.n / (time.perf_counter() - started):.1f} img/s", refresh=False)
         left -= 1
         if left == 0:
             part = {
-                "fingerprint": fingerprint,
+                "fingerprint": run.fingerprint,
                 "shard": writer.roll(),
                 "keys": keys,
                 "feature_dim": writer.feature_dim,
                 "cls_dim": writer.cls_dim,
-                "read": len(chunks[chunk]),
+                "read": len(run.chunks[chunk]),
                 "skipped": report.skipped[skipped_before:],
             }
-            storage.write_text(_part_url(out_url, chunk), json.dumps(part))
+            run.storage.write_text(run.part_url(chunk), json.dumps(part))
             chunk += 1
-            if chunk < len(chunks):
-                left, skipped_before, keys = len(chunks[chunk]), len(report.skipped), []
+            if chunk < len(run.chunks):
+                left, skipped_before, keys = len(run.chunks[chunk]), len(report.skipped), []
     bar.close()
-    if chunk != len(chunks):
-        raise ShardError(f"{out_url}: extraction ended after {chunk} of {len(chunks)} chunks")
+    if chunk != len(run.chunks):
+        raise ShardError(
+            f"{run.out_url}: extraction ended after {chunk} of {len(run.chunks)} chunks"
+        )
+    seconds = time.perf_counter() - started
+    return {"images": total, "seconds": round(seconds, 3), "first_image_s": round(first or 0, 3)}
 
 
 def _sample(row: dict) -> Sample:
@@ -162,7 +186,8 @@ def _sample(row: dict) -> Sample:
 # ---------------------------------------------------------------- Ray Data
 
 
-def _connect() -> None:
+def connect() -> None:
+    """Join RAY_ADDRESS (set by `ray job submit` too), or start a local Ray on loopback."""
     import ray
 
     if ray.is_initialized():
@@ -179,7 +204,13 @@ def _run_ray(cfg: ExtractConfig, extractor: Extractor, refs: list[ImageRef]):
     """The rows of `refs`, in their order, each with its features or its error."""
     import ray
 
-    _connect()
+    connect()
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cfg.actors * cfg.cpus_per_actor + DECODE_CPUS > cpus:
+        raise ConfigError(
+            f"actors x cpus_per_actor = {cfg.actors} x {cfg.cpus_per_actor} leaves no CPU for "
+            f"decoding on this Ray cluster ({cpus:g} CPUs); lower actors or cpus_per_actor"
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # chunks are written in order
     ctx.enable_progress_bars = False  # the driver's bar counts images
@@ -199,8 +230,7 @@ def _run_ray(cfg: ExtractConfig, extractor: Extractor, refs: list[ImageRef]):
         },  # fmt: skip
         batch_size=cfg.batch_size,
         batch_format="pandas",
-        # not the actors' CPU count: Ray Data would fuse decoding into the model actors
-        num_cpus=0.5,
+        num_cpus=DECODE_CPUS,
     )
     ds = ds.map_batches(
         ExtractActor,
