@@ -24,6 +24,7 @@ from vlpdist.metrics import ClassF1, MultiLabelF1, metric_for
 from vlpdist.shards import schema
 from vlpdist.shards.build import build
 from vlpdist.shards.features import open_features
+from vlpdist.shards.reader import inspect
 from vlpdist.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +151,10 @@ def test_every_bad_line_is_a_counted_skip_with_its_line(task, tmp_path, minilm_d
     assert text["kind"] == "text" and text["label"] == "cat" and text["text_id"] == 7
     assert text["line"] == 1
     assert samples["img_002_jpg"].meta["image_id"] == "img_002.jpg"  # found by its stem
+    shown = inspect(Storage(), str(tmp_path / "out"), n_samples=3)["samples"]
+    assert {"kind": "text", "text": "a cat on a sofa", "label": "cat"}.items() <= (
+        shown[0]["texts"][0].items()
+    )
     assert json.loads((tmp_path / "out/labels.json").read_text()) == {
         "label": {"bird": 1, "cat": 1}
     }
@@ -170,6 +175,8 @@ def test_labels_json_and_kinds(task, tmp_path, minilm_dir):
     assert labels == {"label": dict(counted)} and sum(counted.values()) == 32  # fmt: skip
     tags = json.loads((sets["labels", "train"] / "labels.json").read_text())
     assert set(tags) == {"labels"} and set(tags["labels"]) == set(TAGS)
+    shown = inspect(Storage(), str(sets["labels", "train"]), n_samples=1)["samples"][0]["texts"]
+    assert shown[0]["kind"] == "text" and set(shown[0]["labels"]) <= set(TAGS)
     answers = json.loads((sets["answers", "train"] / "labels.json").read_text())
     assert set(answers) == {"answers"} and answers["answers"]["normalization"] == "vqa-official"
     assert sum(answers["answers"]["counts"].values()) == 32
