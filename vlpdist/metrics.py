@@ -144,13 +144,15 @@ class MultiLabelF1:
             raise ValueError(f"logits {x.shape} and targets {y.shape} must both be [B, G]")
         keep = _keep(is_pad, len(x))
         # sigmoid(x) > t  <=>  x > log(t / (1 - t)): no exp, so no overflow on large logits
-        pred = x[keep] > math.log(threshold / (1.0 - threshold))
-        gold = y[keep] >= 0.5
+        self.add(x[keep] > math.log(threshold / (1.0 - threshold)), y[keep] >= 0.5)
+
+    def add(self, pred: np.ndarray, gold: np.ndarray) -> None:
+        """Bool [B, G] decisions and truths of real samples."""
         counts = np.stack(
             [(pred & gold).sum(0), (pred & ~gold).sum(0), (~pred & gold).sum(0)]
         ).astype(np.int64)
         self._add(counts)
-        self.n += int(keep.sum())
+        self.n += len(pred)
 
     def update_batch(self, logits: Array, batch, _vocab=None) -> None:
         """An evaluation Batch: its multi-hot targets."""
@@ -185,11 +187,48 @@ class MultiLabelF1:
             self._add(np.rint(s[1:]).astype(np.int64).reshape(3, -1))
 
 
+class ClassF1:
+    """Top-1 accuracy and macro F1 of single-class labels (your own `label` task).
+
+    Macro F1 averages the per-class F1 of the argmax decisions, over the classes with a true
+    or predicted sample (as `MultiLabelF1` does): a class the classifier never predicts
+    counts, at 0, wherever it is in the data. A target outside the vocabulary (a class only
+    the val split has, IGNORE) is a miss: a false positive of the predicted class."""
+
+    def __init__(self):
+        self.accuracy, self.f1 = Accuracy(), MultiLabelF1()
+
+    def update(self, logits: Array, labels: Array, is_pad: Array | None) -> None:
+        self.accuracy.update(logits, labels, is_pad)
+        keep = _keep(is_pad, len(logits))
+        pred, gold = _argmax(logits)[keep], _numpy(labels).astype(np.int64).reshape(-1)[keep]
+        classes = np.arange(logits.shape[-1])
+        self.f1.add(pred[:, None] == classes, gold[:, None] == classes)
+
+    def update_batch(self, logits: Array, batch, _vocab=None) -> None:
+        """An evaluation Batch: its class targets."""
+        self.update(logits, batch.targets, batch.is_pad)
+
+    def compute(self) -> dict:
+        return {**self.accuracy.compute(), "macro_f1": self.f1.compute()["macro_f1"]}
+
+    def state(self) -> np.ndarray:
+        return np.concatenate([self.accuracy.state(), self.f1.state()])
+
+    def merge(self, state: Array) -> None:
+        s = _numpy(state).astype(np.float64).reshape(-1)
+        self.accuracy.merge(s[:2])
+        self.f1.merge(s[2:])
+
+
 _METRICS = {
     "vqa": lambda: VQAAccuracy("vqa_accuracy"),
     "vizwiz": lambda: VQAAccuracy("vizwiz_accuracy"),
     "snli_ve": Accuracy,
     "mmimdb": MultiLabelF1,
+    "answers": lambda: VQAAccuracy("vqa_accuracy"),
+    "label": ClassF1,
+    "labels": MultiLabelF1,
 }
 
 # The metric that selects the best checkpoint of each task.
@@ -198,10 +237,13 @@ PRIMARY = {
     "vizwiz": "vizwiz_accuracy",
     "snli_ve": "accuracy",
     "mmimdb": "micro_f1",
+    "answers": "vqa_accuracy",
+    "label": "accuracy",
+    "labels": "micro_f1",
 }
 
 
-def metric_for(task: str) -> VQAAccuracy | Accuracy | MultiLabelF1:
+def metric_for(task: str) -> VQAAccuracy | Accuracy | MultiLabelF1 | ClassF1:
     """A fresh accumulator for a downstream task."""
     if task not in _METRICS:
         raise ValueError(f"no metric for task {task!r}; known: {sorted(_METRICS)}")

@@ -59,7 +59,7 @@ def plots(tables: list[Table], probes: dict[str, list[tuple[str, dict]]],
             means = [_pct_or_nan(cells[k].mean) for k in t.tasks]
             stds = [0.0 if cells[k].std is None else 100 * cells[k].std for k in t.tasks]
             ax.bar(xs, means, width, yerr=stds, capsize=2, label=label)
-        ax.set_xticks(range(len(t.tasks)), t.tasks)
+        ax.set_xticks(range(len(t.tasks)), [t.column(k) for k in t.tasks])
         ax.set_ylabel("best val score (%)")
         ax.set_title(t.heading)
         ax.legend(fontsize="small")

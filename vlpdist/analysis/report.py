@@ -2,7 +2,8 @@
 
 One table per architecture x fine-tuning mode x train fraction; rows are pretraining sets
 (scratch, the baseline, and text-only, the control without regions, always first),
-columns are downstream tasks, and a cell is the best validation value of each run's
+columns are downstream tasks by their study names (with the metric where the name does not
+say it: a task of your own), and a cell is the best validation value of each run's
 primary metric in %, mean ± sample std over seeds. Beside each task, the same models scored
 with regions shuffled between samples: a score the shuffle does not lower (its gap within
 the spread over seeds) is flagged "not grounded", since the image is not what it rests on.
@@ -95,6 +96,12 @@ class Table:
     @property
     def heading(self) -> str:
         return f"{self.arch} · {self.mode} · {_pct(self.train_fraction)} of train"
+
+    def column(self, task: str) -> str:
+        """A task's column: its name, with its metric unless the metric already says it
+        ('vqa' for vqa_accuracy; 'memes (accuracy)' for a task of your own)."""
+        metric = self.metrics.get(task)
+        return task if not metric or metric.startswith(task) else f"{task} ({metric})"
 
 
 # ---------------------------------------------------------------- records
@@ -257,8 +264,8 @@ def markdown(tables: list[Table]) -> str:
                  "Shuffled regions: the same models with each text paired with another "
                  "image's regions (change in points); \"not grounded\": the shuffle costs no "
                  "more than the spread over seeds. text-only: the control without regions.",
-                 "", "| pretraining | "
-                 + " | ".join(f"{k} | {k} · shuffled regions" for k in t.tasks) + " |",
+                 "", "| pretraining | " + " | ".join(
+                     f"{t.column(k)} | {t.column(k)} · shuffled regions" for k in t.tasks) + " |",
                  "|:---|" + "---:|---:|" * len(t.tasks)]  # fmt: skip
         for label, cells in t.rows:
             lines.append(f"| {label} | " + " | ".join(

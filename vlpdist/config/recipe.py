@@ -29,7 +29,7 @@ class ShardsConfig:
 @dataclass
 class Recipe:
     source: str = ""
-    """Source builder name, e.g. coco, vqa2, cc, ccg, vizwiz, snli_ve, mmimdb."""
+    """Source builder name, e.g. coco, vqa2, cc, ccg, vizwiz, snli_ve, mmimdb, jsonl."""
     dataset: str = ""
     """Dataset name recorded in the manifest (e.g. coco_10pct)."""
     root: str = "."

@@ -23,10 +23,13 @@ from vlpdist.models.flavors import CAPTION_MAX_LEN, FLAVORS, HEAD_SPLITS, resolv
 class DataConfig:
     sources: list[DataSource] = field(default_factory=list)
     """Shard sets to stream, with mixing weights."""
-    task: Literal["pretrain", "vqa", "vizwiz", "snli_ve", "mmimdb", "caption"] = "pretrain"
+    task: Literal[
+        "pretrain", "vqa", "vizwiz", "snli_ve", "mmimdb", "caption", "answers", "label", "labels"
+    ] = "pretrain"
     """What a sample is: one image with a random one of its texts (pretrain), one
     question / hypothesis / plot with its task target, or one caption to learn to write
-    (caption: the CCG captioner)."""
+    (caption: the CCG captioner). Your own task as JSON lines: answers (VQA-style), label
+    (one class per text) or labels (several), the kind its shard set was built with."""
     batch_size: int = 32
     """Samples per batch on one rank (the micro-batch)."""
     num_workers: int = 2

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
 from vlpdist.config.common import DataSource
 from vlpdist.config.loader import Invalid
+
+# What a study task may be fine-tuned as: the built-in tasks, and your own task given as
+# JSON lines by the kind its shard set was built with (shards/sources/jsonl.py).
+TaskKind = Literal["vqa", "vizwiz", "snli_ve", "mmimdb", "answers", "label", "labels"]
 
 
 @dataclass
@@ -15,8 +20,9 @@ class StudyTask:
     """The downstream task's train split (shard sets)."""
     val: list[DataSource] = field(default_factory=list)
     """Its val split, scored with the task's metric."""
-    task: Literal["vqa", "vizwiz", "snli_ve", "mmimdb"] | None = None
-    """The task kind; default: the entry's name in study.tasks."""
+    task: TaskKind | None = None
+    """The task kind; default: the entry's name in study.tasks. Your own task (JSON lines)
+    is an entry of any name with the kind its shards were built as: answers, label, labels."""
 
     def __post_init__(self):
         for name in ("train", "val"):
@@ -101,6 +107,14 @@ class StudyConfig:
         for reserved in ("scratch", "text-only"):  # the baselines' names in every table
             if reserved in self.pretrain_sets:
                 raise Invalid("pretrain_sets", f"{reserved!r} is a baseline's name")
-        for name in self.pretrain_sets:
-            if not name or not all(c.isalnum() or c in "_-" for c in name):
-                raise Invalid("pretrain_sets", f"set name {name!r}: letters, digits, _ and -")
+        for field_name in ("pretrain_sets", "tasks"):  # both name run directories
+            for name in getattr(self, field_name):
+                if not name or not all(c.isalnum() or c in "_-" for c in name):
+                    raise Invalid(field_name, f"name {name!r}: letters, digits, _ and -")
+        kinds = typing.get_args(TaskKind)
+        for name, t in self.tasks.items():
+            if t.task is None and name not in kinds:
+                raise Invalid(
+                    "tasks",
+                    f"{name!r} is not a built-in task: give its kind, task: " + " | ".join(kinds),
+                )

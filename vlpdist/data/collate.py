@@ -35,6 +35,10 @@ from vlpdist.data.tasks import TASKS
 IGNORE = -100
 
 
+def _text_id(t: dict):
+    return t.get("question_id", t.get("pair_id", t.get("text_id", t.get("_index"))))
+
+
 @dataclass
 class Batch:
     """What data hands to models: keyword tensors, [B, ...] on the first axis.
@@ -51,15 +55,15 @@ class Batch:
     is_pad: torch.Tensor  # bool [B]
     source: torch.Tensor  # int64 [B] index of the data source
     keys: list[str]  # sample keys (image) for tracing
-    text_ids: list  # question_id / pair_id / caption index per sample
+    text_ids: list  # question_id / pair_id / text_id / the text's index per sample
     mlm_labels: torch.Tensor | None = None  # int64 [B, T], -100 = not predicted
     mrm_mask: torch.Tensor | None = None  # bool [B, R] regions to reconstruct
     mrm_feats: torch.Tensor | None = None  # float16 [M, D] original features of the M
     # selected regions, in the row-major order of mrm_mask (feats[mrm_mask] before zeroing)
     mrm_cls: torch.Tensor | None = None  # float16 [M, C] their detector distributions
     itm_labels: torch.Tensor | None = None  # int64 [B], 1 = the text is the image's own
-    targets: torch.Tensor | None = None  # vqa/vizwiz: float32 [B, A] soft scores;
-    # snli_ve: int64 [B]; mmimdb: float32 [B, G] multi-hot
+    targets: torch.Tensor | None = None  # vqa/vizwiz/answers: float32 [B, A] soft scores;
+    # snli_ve, label: int64 [B]; mmimdb, labels: float32 [B, G] multi-hot
     answers: list | None = None  # vqa/vizwiz: each question's human answers (the official
     # accuracy scores the prediction against them, not against the vocabulary's soft scores)
 
@@ -125,7 +129,7 @@ class Collator:
         return Batch(
             **tensors,
             keys=[d.key for d in items],
-            text_ids=[t.get("question_id", t.get("pair_id", t.get("_index"))) for t in texts],
+            text_ids=[_text_id(t) for t in texts],
             answers=[list(t.get("answers") or []) for t in texts] if self.task.answers else None,
         )
 

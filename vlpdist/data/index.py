@@ -189,10 +189,10 @@ def token_info(directory: str) -> TokenInfo:
 
 
 def load_labels(storage: Storage, url: str) -> dict:
-    """The labels.json of a shard set (answer and genre counts of its train split)."""
+    """The labels.json of a shard set (answer, genre and class counts of its train split)."""
     manifest = load_manifest(storage, url)
     if "labels" not in manifest:
-        raise ShardError(f"{url}: no {LABELS} (the set has no answers or genres to learn)")
+        raise ShardError(f"{url}: no {LABELS} (the set has no answers, genres or labels to learn)")
     return json.loads(storage.read_text(join(url, manifest["labels"])))
 
 
@@ -208,8 +208,11 @@ def answer_vocab(storage: Storage, url: str, min_count: int) -> list[str]:
     return vocab
 
 
-def genre_vocab(storage: Storage, url: str) -> list[str]:
+def name_vocab(storage: Storage, url: str, key: str) -> list[str]:
+    """The names counted under `key` of labels.json ("genres", or "label"/"labels" of a
+    JSON-lines task), sorted: every name of the train split is a class."""
     labels = load_labels(storage, url)
-    if "genres" not in labels:
-        raise ShardError(f"{join(url, LABELS)}: no genre counts")
-    return sorted(labels["genres"])
+    if key not in labels:
+        counted = ", ".join(labels) or "nothing"
+        raise ShardError(f"{join(url, LABELS)}: no '{key}' counts (it counts {counted})")
+    return sorted(labels[key])

@@ -269,7 +269,7 @@ class Loader:
     # outside vlpdist.data reaches into its stream, collator or sources
     @property
     def labels(self) -> list[str] | None:
-        """The task's label vocabulary (answers, SNLI labels, genres); None in pretraining."""
+        """The task's label vocabulary (answers, genres, classes); None in pretraining."""
         return self.stream.labels
 
     @property

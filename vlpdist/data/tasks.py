@@ -11,7 +11,8 @@ import numpy as np
 
 from vlpdist.config import DataConfig
 from vlpdist.data.answers import soft_scores
-from vlpdist.data.index import answer_vocab, genre_vocab
+from vlpdist.data.index import answer_vocab, name_vocab
+from vlpdist.data.masking import IGNORE_INDEX
 from vlpdist.shards.schema import SNLI_LABELS
 from vlpdist.storage import Storage
 
@@ -37,8 +38,9 @@ def _answers(storage: Storage, url: str, cfg: DataConfig) -> list[str]:
     return answer_vocab(storage, url, cfg.answer_min_count)
 
 
-def _genres(storage: Storage, url: str, _cfg: DataConfig) -> list[str]:
-    return genre_vocab(storage, url)
+def _names(key: str) -> Callable[[Storage, str, DataConfig], list[str]]:
+    """The names counted under `key` in labels.json, as the vocabulary."""
+    return lambda storage, url, _cfg: name_vocab(storage, url, key)
 
 
 def _soft_scores(texts: list[dict], index: dict[str, int]) -> np.ndarray:
@@ -53,13 +55,25 @@ def _snli_label(texts: list[dict], _index: dict[str, int]) -> np.ndarray:
     return np.array([SNLI_LABELS.index(t["label"]) for t in texts], dtype=np.int64)
 
 
-def _multi_hot(texts: list[dict], index: dict[str, int]) -> np.ndarray:
-    hot = np.zeros((len(texts), len(index)), dtype=np.float32)
-    for i, t in enumerate(texts):
-        for g in t.get("genres") or []:
-            if g in index:
-                hot[i, index[g]] = 1.0
-    return hot
+def _class(texts: list[dict], index: dict[str, int]) -> np.ndarray:
+    """A JSON-lines `label` task's class index; IGNORE_INDEX for a class the vocabulary (the
+    train split's) lacks: no logit to learn it from, a miss when scored."""
+    return np.array([index.get(t.get("label"), IGNORE_INDEX) for t in texts], dtype=np.int64)
+
+
+def _multi_hot(key: str) -> Callable[[list[dict], dict[str, int]], np.ndarray]:
+    """Multi-hot rows of the names in each text's `key` field (names outside the vocabulary
+    have no column)."""
+
+    def targets(texts: list[dict], index: dict[str, int]) -> np.ndarray:
+        hot = np.zeros((len(texts), len(index)), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for g in t.get(key) or []:
+                if g in index:
+                    hot[i, index[g]] = 1.0
+        return hot
+
+    return targets
 
 
 _VQA = DataTask(per_text=True, vocab=_answers, targets=_soft_scores, answers=True)
@@ -69,5 +83,10 @@ TASKS = {
     "vqa": _VQA,
     "vizwiz": _VQA,
     "snli_ve": DataTask(per_text=True, targets=_snli_label),
-    "mmimdb": DataTask(per_text=True, vocab=_genres, targets=_multi_hot),
+    "mmimdb": DataTask(per_text=True, vocab=_names("genres"), targets=_multi_hot("genres")),
+    # your own task as JSON lines (shards/sources/jsonl.py): VQA-style answers, one class,
+    # several classes
+    "answers": _VQA,
+    "label": DataTask(per_text=True, vocab=_names("label"), targets=_class),
+    "labels": DataTask(per_text=True, vocab=_names("labels"), targets=_multi_hot("labels")),
 }

@@ -43,12 +43,16 @@ TASKS = {
     "vizwiz": _FINETUNE,
     "snli_ve": _FINETUNE,
     "mmimdb": _FINETUNE,
+    "answers": _FINETUNE,  # your own task as JSON lines (shards/sources/jsonl.py)
+    "label": _FINETUNE,
+    "labels": _FINETUNE,
 }
+_TUNED = [t for t, row in TASKS.items() if row.tuned]
 # What to say when a command is given a task it does not train.
 _NOT_THIS_TASK = {
     "pretrain": "data.task is {task!r}: pretraining streams task 'pretrain'; use `vlpdist "
     "finetune` for downstream tasks",
-    "finetune": "data.task: name the downstream task (vqa, vizwiz, snli_ve, mmimdb)",
+    "finetune": f"data.task: name the downstream task ({', '.join(_TUNED)})",
     "caption": "data.task is {task!r}: a captioner trains on task 'caption'",
 }
 

@@ -15,7 +15,7 @@ from torch import nn
 from vlpdist.models.base import Encoder
 from vlpdist.models.flavors import CAPTION_MAX_LEN, DataDims
 from vlpdist.models.heads import CaptionDecoder, Classifier, MLMHead, RegionHead
-from vlpdist.models.losses import caption_loss, pretrain_losses
+from vlpdist.models.losses import IGNORE, caption_loss, pretrain_losses
 
 Heads = Callable[[Encoder, DataDims, tuple[str, ...]], dict[str, nn.Module]]
 Losses = Callable[[dict, object], dict[str, torch.Tensor]]
@@ -75,6 +75,12 @@ def _multi_label_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return F.binary_cross_entropy_with_logits(logits, targets.float())
 
 
+def _class_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # a val-only class (IGNORE) has no logit; a batch of only those gives 0, not NaN
+    known = (targets != IGNORE).sum().clamp(min=1)
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum") / known
+
+
 def _classifier_losses(loss, out: dict, batch) -> dict[str, torch.Tensor]:
     """The classifier's loss over the real (not padding) samples."""
     logits, real = out["logits"], ~batch.is_pad
@@ -93,6 +99,13 @@ TASKS = {
     "vizwiz": _VQA,
     "snli_ve": ModelTask(partial(_classifier, 3), partial(_classifier_losses, F.cross_entropy)),
     "mmimdb": ModelTask(partial(_classifier, None), partial(_classifier_losses, _multi_label_bce)),
+    # your own task as JSON lines: VQA-style answers as VQA; one class of those the train
+    # split has: cross-entropy; several: multi-label BCE
+    "answers": _VQA,
+    "label": ModelTask(
+        partial(_classifier, None), partial(_classifier_losses, _class_cross_entropy)
+    ),
+    "labels": ModelTask(partial(_classifier, None), partial(_classifier_losses, _multi_label_bce)),
 }
 
 

@@ -247,7 +247,7 @@ def inspect(storage: Storage, url: str, n_samples: int = 3) -> dict:
 
 def _short_text(t: dict) -> dict:
     out = {"kind": t.get("kind"), "text": t.get("text"), "ids": (t.get("ids") or [])[:12]}
-    for k in ("answers", "answerable", "label", "genres"):
+    for k in ("answers", "answerable", "label", "labels", "genres"):
         if k in t:
             out[k] = t[k][:10] if isinstance(t[k], list) else t[k]
     return out

@@ -6,14 +6,18 @@ A sample is four tar members sharing a key (webdataset convention, `key.ext`):
   cls_prob.npy  float16 [N, C]  detector class distribution (optional)
   json          {"image_id", "width", "height", "source", "split", "texts": [...]}
 
-Every text record has "kind" (caption | question | hypothesis | plot), "text" and "ids"
-(token ids of the manifest's tokenizer, no special tokens). Task fields by kind:
+Every text record has "kind" (caption | question | hypothesis | plot | text), "text" and
+"ids" (token ids of the manifest's tokenizer, no special tokens). Task fields by kind:
   question:   "question_id", "answers" (all human answers), optional "answer_ids"
               (VQA-P pretraining), "answer_type", "multiple_choice_answer" (VQA v2),
-              "answerable" and "answer_confidence" (VizWiz)
+              "answerable" and "answer_confidence" (VizWiz); "line" (JSON-lines tasks, whose
+              "question_id" is the record's optional "id")
   hypothesis: "pair_id", "label" (entailment | neutral | contradiction)
   plot:       "genres" (list of genre names)
   caption:    optional "caption_id", "url" (Conceptual Captions)
+  text:       a text of your own task (JSON lines, sources/jsonl.py) with its class: "label"
+              (one class name) or "labels" (a list of names); "line", optional "text_id" (the
+              record's "id")
 Arrays are .npy (no pickle: read with allow_pickle=False), so plain tar, numpy and
 webdataset can read a shard without vlpdist.
 """
@@ -31,7 +35,7 @@ FORMAT = "vlpdist-shards"
 VERSION = 1
 INDEX = "index.json"  # the manifest; written last, it commits the shard set
 FEATS, BOXES, CLS_PROB, META = "feats.npy", "boxes.npy", "cls_prob.npy", "json"
-TEXT_KINDS = ("caption", "question", "hypothesis", "plot")
+TEXT_KINDS = ("caption", "question", "hypothesis", "plot", "text")
 SNLI_LABELS = ("entailment", "neutral", "contradiction")
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 

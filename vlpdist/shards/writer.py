@@ -5,8 +5,8 @@ Manifest (`index.json`) fields:
   texts, from `vlpdist shards extract`), feature_dim, cls_prob_dim, box_format,
   num_samples, num_texts, total_bytes, tokenizer{name, path, files, sha256, vocab_size,
   lowercase, max_tokens}, recipe{...}, build_report{...}, extra{...},
-  labels ("labels.json" when the set has answers or genres), shards[{name, num_samples,
-  bytes, sha256, offsets, texts}]
+  labels ("labels.json" when the set has answers, genres or class labels),
+  shards[{name, num_samples, bytes, sha256, offsets, texts}]
 `texts` counts the texts of each sample (so questions can be enumerated without reading).
 `offsets` has num_samples + 1 entries: sample i occupies bytes [offsets[i], offsets[i+1])
 of its shard (its tar headers and members), so a reader can range-read or skip samples
@@ -103,23 +103,30 @@ class BuildReport:
 
 class LabelCounts:
     """Downstream label statistics stored with the shards (`labels.json`), so a loader can
-    build the answer vocabulary of a train split (any min-count) without reading it again."""
+    build the vocabulary of a train split (answers at any min-count, genres, classes)
+    without reading it again. Keys: "answers" (VQA-style questions per target answer),
+    "genres" (MM-IMDb), and for your own task's `text` records "label" (texts per class)
+    and "labels" (texts per label of a multi-label task)."""
 
     def __init__(self):
         self.answers: Counter = Counter()
-        self.genres: Counter = Counter()
+        self.counts: dict[str, Counter] = {k: Counter() for k in ("genres", "label", "labels")}
 
     def add(self, texts: list[dict]) -> None:
         self.answers.update(count_answers(texts))
         for t in texts:
-            self.genres.update(t.get("genres") or [])
+            self.counts["genres"].update(t.get("genres") or [])
+            if t.get("kind") == "text":  # SNLI-VE's hypotheses have a `label` of their own
+                self.counts["label"].update([t["label"]] if "label" in t else [])
+                self.counts["labels"].update(t.get("labels") or [])
 
     def doc(self) -> dict:
         out = {}
         if self.answers:
             out["answers"] = answers_doc(self.answers)
-        if self.genres:
-            out["genres"] = dict(sorted(self.genres.items(), key=lambda kv: (-kv[1], kv[0])))
+        for key, counts in self.counts.items():
+            if counts:
+                out[key] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
         return out
 
 

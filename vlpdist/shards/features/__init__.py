@@ -7,7 +7,8 @@ raises `BadFeatures`, which the builders count as a skip.
 
 Formats (see shards/README.md): bottom-up-attention TSV (BUTD 6 fields, LXMERT 10 fields,
 or named by `tsv_fields`), per-image `<id>.npy` + `<id>_info.npy` (MMF), per-image `.npz`
-(py-bottom-up-attention), and MMF LMDB (opt-in: its values are pickles).
+(py-bottom-up-attention), MMF LMDB (opt-in: its values are pickles), and a committed
+vlpdist shard set (`shards`: what `vlpdist shards extract` writes from images).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from vlpdist.errors import SourceError
-from vlpdist.shards.schema import normalise_boxes
-from vlpdist.storage import Storage, split_protocol
+from vlpdist.shards.schema import INDEX, normalise_boxes
+from vlpdist.storage import Storage, join, split_protocol
 
-FORMATS = ("auto", "tsv", "npy", "npz", "lmdb")
+FORMATS = ("auto", "tsv", "npy", "npz", "lmdb", "shards")
 _TRAILING_INT = re.compile(r"(\d+)$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _TSV_NAME = re.compile(r"\.tsv(\.\d+)?$")
@@ -201,6 +202,8 @@ def detect(storage: Storage, urls: list[str]) -> str:
         return "lmdb"
     fs, path = storage.filesystem(first)
     if storage.call("check", first, lambda: fs.isdir(path)):
+        if storage.exists(join(first, INDEX)):
+            return "shards"
         if storage.exists(first + "/data.mdb"):
             return "lmdb"
         names = list_files(storage, first)
@@ -237,6 +240,12 @@ def open_features(
 
         cls = NpyFeatures if fmt == "npy" else NpzFeatures
         return cls(storage, urls)
+    if fmt == "shards":
+        from vlpdist.shards.features.shardset import ShardSetFeatures
+
+        if len(urls) != 1:
+            raise SourceError(f"{url}: name one shard set directory, not a pattern")
+        return ShardSetFeatures(storage, urls[0])
     from vlpdist.shards.features.mmf_lmdb import LmdbFeatures
 
     return LmdbFeatures(storage, urls, trust_pickle)

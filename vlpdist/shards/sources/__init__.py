@@ -1,6 +1,6 @@
 """Shard sources by name: an explicit table (nothing registers itself on import)."""
 
-from vlpdist.shards.sources import cc, ccg, coco, mmimdb, snli_ve, vizwiz, vqa2
+from vlpdist.shards.sources import cc, ccg, coco, jsonl, mmimdb, snli_ve, vizwiz, vqa2
 from vlpdist.shards.sources.common import SourceDef
 
 SOURCES: dict[str, SourceDef] = {
@@ -12,6 +12,7 @@ SOURCES: dict[str, SourceDef] = {
     "vizwiz": vizwiz.SOURCE,
     "snli_ve": snli_ve.SOURCE,
     "mmimdb": mmimdb.SOURCE,
+    "jsonl": jsonl.SOURCE,
 }
 
 __all__ = ["SOURCES", "SourceDef"]

@@ -19,6 +19,7 @@ import numpy as np
 
 from vlpdist.config import Recipe
 from vlpdist.errors import SourceError
+from vlpdist.shards.features import FORMATS as FEATURE_FORMATS
 from vlpdist.shards.features import BadFeatures, FeatureStore
 from vlpdist.shards.schema import Sample, make_key
 from vlpdist.shards.tokenize import TextEncoder
@@ -45,11 +46,11 @@ class SourceDef:
 
 
 # Inputs and options every source has: the region features and the subset selection.
-COMMON_INPUTS = {"features": "region features: TSV file(s), npy/npz directory or LMDB"}
+COMMON_INPUTS = {
+    "features": "region features: TSV file(s), npy/npz directory, LMDB or a vlpdist shard set"
+}
 COMMON_OPTIONS = {
-    "features_format": Option(
-        "auto", "feature layout", choices=("auto", "tsv", "npy", "npz", "lmdb")
-    ),
+    "features_format": Option("auto", "feature layout", choices=FEATURE_FORMATS),
     "tsv_fields": Option(None, "TSV field names when not BUTD (6) or LXMERT (10)", (list,)),
     "fraction": Option(1.0, "seeded fraction of images kept (by image)", (float, int)),
     "size": Option(None, "seeded number of images kept (by image)", (int,)),
