@@ -108,3 +108,23 @@ def world(tmp_path_factory) -> Path:
     cfg = load(Config, str(REPO / "configs/synth/tiny.yaml"), command="synth")
     synthesize(cfg, str(out), progress=False)
     return out / "shards"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for a module's in-process extractions (yields its address, for
+    subprocesses that join it as under `ray job submit`); tests/ is on its workers'
+    PYTHONPATH, so an extractor plugged in from there loads as a user's would."""
+    import ray
+
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), path) if p)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2",
+             log_to_driver=False, configure_logging=False)  # fmt: skip
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    if path is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = path

@@ -51,25 +51,6 @@ def cfg(extractor: str, images: str, **kw) -> ExtractConfig:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray for this module's in-process extractions; the plugin's module is
-    importable by its workers through PYTHONPATH, as a user's would be."""
-    import ray
-
-    path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, path) if p)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2",
-             log_to_driver=False, configure_logging=False)  # fmt: skip
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-    if path is None:
-        os.environ.pop("PYTHONPATH")
-    else:
-        os.environ["PYTHONPATH"] = path
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> tuple[str, dict]:
     root = tmp_path_factory.mktemp("images")
     return str(root), drawn.write_folder(str(root), 20)
@@ -83,7 +64,7 @@ def samples(url: str) -> dict[str, object]:
 
 
 def test_images_that_need_care_decode_upright_in_rgb():
-    odd = {name: decode(data, LIMIT) for name, data in drawn.odd_images().items()}
+    odd = {name: decode(data, LIMIT)[0] for name, data in drawn.odd_images().items()}
     assert all(a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 for a in odd.values())
     assert odd["rotated.jpg"].shape[:2] == (96, 72)  # EXIF orientation 6: stored 96 wide
     assert odd["cmyk.jpg"].shape[:2] == (72, 96)
@@ -91,6 +72,10 @@ def test_images_that_need_care_decode_upright_in_rgb():
     assert abs(odd["grey16.png"].mean() - odd["grey.png"].mean()) < 1.0
     # alpha 128 over white: brighter than the image itself
     assert odd["alpha.png"].mean() > odd["grey.png"].mean() + 30
+    # a large JPEG decodes at the size the model needs, and keeps its full size on record
+    big = drawn.with_orientation(drawn.draw(3, (1600, 1200))[0], 6)
+    rgb, (w, h) = decode(big, LIMIT, at_least=448)
+    assert (w, h) == (1200, 1600) and rgb.shape == (800, 600, 3)  # half of each side, upright
 
 
 def test_broken_images_raise_with_their_reason():

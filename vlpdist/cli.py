@@ -207,6 +207,10 @@ def cmd_bench_data(args) -> int:
 def cmd_bench_extract(args) -> int:
     from vlpdist.bench.extract import main as bench_extract
 
+    if args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)  # an override, taken by the optional positional
+        args.config = None
+
     return bench_extract(args)
 
 

@@ -3,7 +3,8 @@
 On photo-sized JPEGs drawn for the run (640 x 480 by default), with the same extractor,
 settings and weights:
   loop_images_per_s      a plain loop: open with PIL, transform, forward one image at a
-                         time (torch on every core)
+                         time (torch on every core); loop_decode_share is the share of its
+                         time spent decoding and transforming
   pipeline_images_per_s  `vlpdist shards extract` on local Ray: decoding on CPU tasks, the
                          model in its actor pool, shards written; counted from the first
                          batch back (a long extraction's rate). pipeline_start_s is the time
@@ -40,19 +41,25 @@ def _photos(root: str, n: int, size: tuple[int, int]) -> list[str]:
     return paths
 
 
-def _loop(extractor, module, paths: list[str]) -> float:
+def _loop(extractor, module, paths: list[str]) -> tuple[float, float]:
+    """Images/s of the plain loop, and the share of its time spent decoding (the most that
+    overlapping decoding with compute can save: speedup <= 1 / (1 - share))."""
     import torch
     from PIL import Image
 
     t = time.perf_counter()
+    decoding = 0.0
     for path in paths:
+        t0 = time.perf_counter()
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
         square, hw = extractor.prepare(rgb)
         x = torch.from_numpy(square).permute(2, 0, 1)[None].float().div_(255)
+        decoding += time.perf_counter() - t0
         with torch.no_grad():
             module(x, torch.tensor([hw]))
-    return len(paths) / (time.perf_counter() - t)
+    seconds = time.perf_counter() - t
+    return len(paths) / seconds, decoding / seconds
 
 
 def _forward(extractor, module, paths: list[str], batch_size: int) -> float:
@@ -90,15 +97,14 @@ def run(cfg: ExtractConfig, images: int, size: tuple[int, int]) -> dict:
         cfg.images = os.path.join(tmp, "photos")
         cfg.progress = False
         _forward(extractor, module, paths[: cfg.batch_size], cfg.batch_size)  # warm-up
-        loop = _loop(extractor, module, paths)
+        loop, decode_share = _loop(extractor, module, paths)
         forward = _forward(extractor, module, paths, cfg.batch_size)
         del module
         connect()
         t = time.perf_counter()
         tp = extract(cfg, os.path.join(tmp, "out"))["extra"]["throughput"]
         whole = tp["images"] / (time.perf_counter() - t)
-        # after the first batch is back: the rate a long extraction runs at
-        pipeline = (tp["images"] - cfg.batch_size) / (tp["seconds"] - tp["first_image_s"])
+        pipeline = tp["images_per_s_after_first"]
     return {
         "bench": "extract",
         "images": images,
@@ -110,6 +116,7 @@ def run(cfg: ExtractConfig, images: int, size: tuple[int, int]) -> dict:
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "loop_images_per_s": round(loop, 3),
+        "loop_decode_share": round(decode_share, 3),
         "pipeline_images_per_s": round(pipeline, 3),
         "pipeline_start_s": tp["first_image_s"],
         "pipeline_images_per_s_with_start": round(whole, 3),

@@ -33,7 +33,10 @@ class ExtractConfig:
     gpus_per_actor: float = 0.0
     """GPUs each model actor takes (1 on a GPU cluster)."""
     cpus_per_actor: float = 1.0
-    """CPUs each model actor takes (its torch threads)."""
+    """CPUs each model actor reserves on Ray (decoding needs some left over)."""
+    threads_per_actor: int = 0
+    """torch threads of each model actor; 0: its node's cores shared among the actors
+    (decoding is light next to the model, so the actors may use the cores it leaves)."""
     images_per_shard: int = 256
     """Images per shard. Fixed, so a rerun after a crash knows which shards are done."""
     max_pixels: int = 89_478_485
@@ -47,5 +50,7 @@ class ExtractConfig:
         for key in ("batch_size", "actors", "images_per_shard", "max_pixels"):
             if getattr(self, key) < 1:
                 raise Invalid(key, "must be >= 1")
+        if self.threads_per_actor < 0:
+            raise Invalid("threads_per_actor", "must be >= 0 (0: the node's cores / actors)")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
             raise Invalid("cpus_per_actor", "must be > 0 (and gpus_per_actor >= 0)")

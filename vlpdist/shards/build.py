@@ -8,6 +8,7 @@ written and skipped, and why) goes to stderr at the end, also when the build fai
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from vlpdist.config import Recipe, to_dict
@@ -43,6 +44,13 @@ def build(
         overwrite=overwrite,
     )
     encoder = TextEncoder.load(recipe.shards.tokenizer, recipe.shards.max_text_tokens)
+    if "images" in inputs:
+        inputs["features"] = _extract_regions(recipe, storage, inputs, options, out_url, report,
+                                              overwrite)  # fmt: skip
+        options["features_format"] = "shards"
+        report.notes.append(
+            f"features: extracted from {inputs['images']} into {inputs['features']}"
+        )
     features = open_features(
         storage,
         inputs["features"],
@@ -70,3 +78,35 @@ def build(
         report.truncated_texts = encoder.truncated
         if not summary_in_error:
             print(report.summary(dataset), file=sys.stderr)
+
+
+def _extract_regions(recipe, storage, inputs, options, out_url: str, report, overwrite) -> str:
+    """inputs.images: their regions, extracted first into a set beside the new one
+    (`<images' name>_regions`, or options.regions), which a later build over the same images
+    and extractor reuses (the captions and the questions of one image collection, say)."""
+    from vlpdist.config import load
+    from vlpdist.config.extract import ExtractConfig
+    from vlpdist.shards.extract.extractors import get_extractor
+    from vlpdist.shards.extract.images import regions_name
+    from vlpdist.shards.extract.pipeline import extract
+    from vlpdist.shards.reader import load_manifest
+    from vlpdist.shards.schema import INDEX
+    from vlpdist.storage import join
+
+    cfg = load(ExtractConfig, options["extractor"], [])
+    cfg = dataclasses.replace(cfg, images=inputs["images"], storage=recipe.storage)
+    url = options["regions"] or join(
+        out_url.rstrip("/").rsplit("/", 1)[0], regions_name(cfg.images)
+    )
+    if storage.exists(join(url, INDEX)) and not overwrite:
+        extra = load_manifest(storage, url).get("extra", {})
+        wanted = get_extractor(cfg.extractor, cfg.options, cfg.weights, cfg.seed).describe()
+        if extra.get("images") == cfg.images and extra.get("extractor") == wanted:
+            report.notes.append(f"regions: reused {url} (the same images and extractor)")
+            return url
+        raise SourceError(
+            f"{url}: holds regions of other images or another extractor; use --overwrite to "
+            "extract again"
+        )
+    extract(cfg, url, overwrite=overwrite)
+    return url

@@ -125,16 +125,18 @@ def _resume(run: _Run, overwrite: bool) -> int:
 
 def _write(run: _Run, rows, done: int, progress: bool) -> dict:
     """Consume the rows in order; each chunk becomes a shard, then its part record. The
-    throughput: images, seconds, and the seconds until the first image came back (the
-    actors' start), so a short run's rate can be read apart from its start."""
+    throughput: images, seconds, the seconds until the first image came back (the actors'
+    start), and the rate after that, so a short run's rate can be read apart from its start."""
     writer, report = run.writer, run.report
     total = sum(len(c) for c in run.chunks[done:])
     bar = tqdm(total=total, desc="extract", unit=" img", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     chunk, left, skipped_before, keys = done, len(run.chunks[done]), len(report.skipped), []
-    started, first = time.perf_counter(), None
+    started, first, burst, last = time.perf_counter(), None, 0, 0.0
     for row in rows:
-        first = first if first is not None else time.perf_counter() - started
+        last = time.perf_counter() - started
+        first = first if first is not None else last
+        burst += last - first < 0.05  # rows that came back with the first (one block)
         report.read += 1
         if row["error"]:
             report.skip(row["image_id"], row["error"], row["where"])
@@ -165,7 +167,14 @@ def _write(run: _Run, rows, done: int, progress: bool) -> dict:
             f"{run.out_url}: extraction ended after {chunk} of {len(run.chunks)} chunks"
         )
     seconds = time.perf_counter() - started
-    return {"images": total, "seconds": round(seconds, 3), "first_image_s": round(first or 0, 3)}
+    after = last - (first or 0)
+    return {
+        "images": total,
+        "seconds": round(seconds, 3),
+        "first_image_s": round(first or 0, 3),
+        # from the first rows back to the last: the rate a long extraction runs at
+        "images_per_s_after_first": round((total - burst) / after, 3) if after > 0 else None,
+    }
 
 
 def _sample(row: dict) -> Sample:
@@ -237,8 +246,9 @@ def _run_ray(cfg: ExtractConfig, extractor: Extractor, refs: list[ImageRef]):
         fn_constructor_kwargs={
             "extractor": extractor,
             "batch_size": cfg.batch_size,
-            "threads": max(1, int(cfg.cpus_per_actor)),
-        },  # fmt: skip
+            "threads": cfg.threads_per_actor,
+            "actors": cfg.actors,
+        },
         batch_size=cfg.batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
@@ -259,8 +269,7 @@ def decode_batch(batch, extractor: Extractor, storage, max_pixels: int):
             data = st.read_bytes(
                 url, None if start < 0 else int(start), None if end < 0 else int(end)
             )
-            rgb = decode(data, max_pixels)
-            dims = (rgb.shape[1], rgb.shape[0])
+            rgb, dims = decode(data, max_pixels, at_least=size)
             square, content = extractor.prepare(rgb)
         except BadImage as e:
             error = e.reason
@@ -281,10 +290,10 @@ def decode_batch(batch, extractor: Extractor, storage, max_pixels: int):
 class ExtractActor:
     """Model stage: the extractor's module, forwarding fixed-size batches."""
 
-    def __init__(self, extractor: Extractor, batch_size: int, threads: int):
+    def __init__(self, extractor: Extractor, batch_size: int, threads: int, actors: int = 1):
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // actors))
         self.torch = torch
         self.extractor, self.batch_size = extractor, batch_size
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

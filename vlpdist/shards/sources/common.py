@@ -47,7 +47,9 @@ class SourceDef:
 
 # Inputs and options every source has: the region features and the subset selection.
 COMMON_INPUTS = {
-    "features": "region features: TSV file(s), npy/npz directory, LMDB or a vlpdist shard set"
+    "features": "region features: TSV file(s), npy/npz directory, LMDB or a vlpdist shard set",
+    "images": "the images themselves, to extract region features from (options.extractor) "
+    "instead of reading inputs.features",
 }
 COMMON_OPTIONS = {
     "features_format": Option("auto", "feature layout", choices=FEATURE_FORMATS),
@@ -55,6 +57,12 @@ COMMON_OPTIONS = {
     "fraction": Option(1.0, "seeded fraction of images kept (by image)", (float, int)),
     "size": Option(None, "seeded number of images kept (by image)", (int,)),
     "seed": Option(0, "seed of the subset selection", (int,)),
+    "extractor": Option(None, "extraction config (configs/extract/) for inputs.images", (str,)),
+    "regions": Option(
+        None,
+        "where inputs.images' regions go (default: beside the new set, <images' name>_regions)",
+        (str,),
+    ),  # fmt: skip
 }
 
 
@@ -99,10 +107,16 @@ def resolve(recipe: Recipe, sdef: SourceDef) -> tuple[dict[str, str], dict[str, 
             raise SourceError(
                 f"options.{key}: unknown option of source '{src}' (known: {', '.join(specs)})"
             )
+    from_pixels = recipe.inputs.get("images") is not None
+    if from_pixels and recipe.inputs.get("features") is not None:
+        raise SourceError("inputs.images and inputs.features: give one of them, not both")
+    if from_pixels and not recipe.options.get("extractor"):
+        raise SourceError("options.extractor: name the extraction config for inputs.images")
+    optional = {*sdef.optional, "images", *(("features",) if from_pixels else ())}
     inputs = {}
     for role, what in roles.items():
         if recipe.inputs.get(role) is None:
-            if role not in sdef.optional:
+            if role not in optional:
                 left_out = ", it cannot be null" if role in recipe.inputs else ""
                 raise SourceError(
                     f"inputs.{role}: source '{src}' needs this input ({what}){left_out}"
@@ -139,7 +153,8 @@ def _expand(recipe: Recipe, role: str, value: str) -> str:
 
 def check_exists(storage: Storage, inputs: dict[str, str]) -> None:
     for role, url in inputs.items():
-        if role != "features" and not storage.exists(url):  # features may be a glob
+        # features and images may be globs; their readers name what is missing
+        if role not in ("features", "images") and not storage.exists(url):
             raise SourceError(f"{url}: file not found (inputs.{role})")
 
 
