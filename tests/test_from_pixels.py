@@ -1,6 +1,7 @@
 """From pixels to a report: a few hundred small images drawn with PIL (some broken), their
 captions and a JSON-lines task about them, built from the images with a recipe (extraction
-with random weights on a local Ray), a tiny study on that task, and its report."""
+with random weights on a local Ray), generated captions for the images (CCG), a tiny study
+on that task, and its report."""
 
 from __future__ import annotations
 
@@ -112,6 +113,15 @@ def test_recipes_build_from_pixels_and_reuse_the_regions(made):
 
 def test_a_tiny_study_on_your_task_from_pixels_to_report(made, ray_local, run_cli):
     tmp = made[0]
+    # in-domain captions for your images (CCG): a captioner trained on the drawn captions
+    # writes a caption for every image of the extracted regions
+    run_cli("shards", "caption", str(REPO / "configs/caption/tiny.yaml"),
+            f"data.sources=[{{url: {tmp / 'shards/captions'}}}]", "data.max_regions=8",
+            f"caption.images={tmp / 'shards/images_regions'}", f"caption.out={tmp / 'shards/ccg'}",
+            "caption.name=ccg_drawn", "optim.total_steps=20", "optim.warmup_steps=2",
+            "run.checkpoint_every=20", f"run.output={tmp / 'runs'}", check=True)  # fmt: skip
+    ccg = json.loads((tmp / "shards/ccg/index.json").read_text())
+    assert ccg["num_samples"] == N + len(drawn.odd_images())  # every image that decoded
     study = tmp / "study.yaml"
     study.write_text(f"""
 run: {{output: {tmp / "studies"}}}
@@ -125,7 +135,7 @@ study:
   finetune_overrides: [optim.total_steps=20, optim.warmup_steps=2, eval.every=10,
                        run.checkpoint_every=10, data.max_regions=8]
   architectures: [visual_bert]
-  pretrain_sets: {{drawn: [{{url: captions}}]}}
+  pretrain_sets: {{drawn: [{{url: captions}}], ccg: [{{url: ccg}}]}}
   tasks:
     shapes: {{task: label, train: [{{url: shapes_train}}], val: [{{url: shapes_val}}]}}
   modes: [full]
@@ -135,7 +145,7 @@ study:
     env = {"RAY_ADDRESS": ray_local}
     done = run_cli("study", str(study), env=env, check=True)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["runs"] == summary["executed"] == 4, summary
+    assert summary["runs"] == summary["executed"] == 6, summary
     results = tmp / "studies" / "shapes" / "results"
     status = {p.stem: json.loads(p.read_text())["status"] for p in results.glob("*.json")}
     assert set(status.values()) == {"done"}, status
@@ -143,6 +153,6 @@ study:
     assert report.returncode == 0
     md = (tmp / "studies" / "shapes" / "report" / "report.md").read_text()
     assert "shapes (accuracy)" in md
-    for row in ("drawn", "scratch", "text-only"):
+    for row in ("drawn", "ccg", "scratch", "text-only"):
         assert f"| {row} " in md, md
     assert os.path.exists(tmp / "studies" / "shapes" / "report" / "results.csv")
