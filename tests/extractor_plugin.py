@@ -33,9 +33,10 @@ class TinyBoxesModule(nn.Module):
         size = pixels.shape[-1]
         out = []
         for i, (h, w) in enumerate(content_hw.tolist()):
-            on_square = BOXES * torch.tensor([w / size, h / size, w / size, h / size])
+            boxes = BOXES.to(pixels.device)
+            on_square = boxes * boxes.new_tensor([w / size, h / size, w / size, h / size])
             feats = roi_align_mean(fmap[i], on_square)
-            out.append((feats, BOXES, self.classes(feats).softmax(-1)))
+            out.append((feats, boxes, self.classes(feats).softmax(-1)))
         return out
 
 

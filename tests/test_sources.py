@@ -633,7 +633,9 @@ def test_malicious_info_npy_stops_the_build(tmp_path, minilm_dir):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("inputs.images={root}/x", "inputs.images: unknown input of source 'coco'"),
+        ("inputs.pictures={root}/x", "inputs.pictures: unknown input of source 'coco'"),
+        ("inputs.images={root}/x", "inputs.images and inputs.features: give one of them"),
+        ("inputs.features=null", "inputs.features: source 'coco' needs this input"),
         ("options.fraktion=0.1", "options.fraktion: unknown option of source 'coco'"),
         ("options.fraction=2", "options.fraction: must be in (0, 1]"),
         ("options.format=xml", "options.format: 'xml' is not one of"),

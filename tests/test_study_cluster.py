@@ -31,7 +31,8 @@ def cluster(tmp_path_factory):
                                            "RAY_CLIENT_PORT", "DASHBOARD_AGENT_PORT")}  # fmt: skip
     env = {**os.environ, **ports, "VLPDIST_CLUSTER_DIR": str(state), "RAY_HEAD_IP": "127.0.0.6",
            "RAY_WORKER_IP": "127.0.0.7", "HEAD_CPUS": "1", "WORKER_CPUS": "1",
-           "READY_TIMEOUT": "180"}  # fmt: skip
+           # a Ray node given SIGTERM takes its time; the test's cluster is thrown away
+           "READY_TIMEOUT": "180", "STOP_TIMEOUT": "5"}  # fmt: skip
     for k in ("RAY_ADDRESS", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
         env.pop(k, None)
     script = str(REPO / "launch/local_cluster.sh")

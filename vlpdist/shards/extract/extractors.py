@@ -233,7 +233,7 @@ class DetrModule(nn.Module):
             keep = self._select(boxes, score, label)
             kept = boxes[keep]
             # boxes are fractions of the content; the feature map covers the padded square
-            on_square = kept * torch.tensor([w / size, h / size, w / size, h / size])
+            on_square = kept * kept.new_tensor([w / size, h / size, w / size, h / size])
             feats = roi_align_mean(c5[i].float(), on_square)
             results.append((feats, kept, probs[i, keep]))
         return results
