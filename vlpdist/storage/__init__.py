@@ -253,6 +253,16 @@ class Storage:
         prefix = "" if proto == "file" else f"{proto}://"
         return sorted(prefix + e.rstrip("/") for e in entries)
 
+    def glob(self, pattern: str) -> list[str]:
+        """URLs matching a glob pattern, sorted ([pattern] itself when it has no wildcard
+        and exists); [] when nothing matches."""
+        if not any(c in pattern for c in "*?["):
+            return [pattern] if self.exists(pattern) else []
+        fs, path = self.filesystem(pattern)
+        proto = split_protocol(pattern)[0]
+        prefix = "" if proto == "file" else f"{proto}://"
+        return sorted(prefix + p for p in self.call("list", pattern, lambda: fs.glob(path)))
+
     def find(self, url: str) -> list[str]:
         """Every file below a directory/prefix as `url`/relative path, sorted; [] when
         there is none."""

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlpdist.errors import SourceError
-from vlpdist.storage import Storage, split_protocol
+from vlpdist.shards.features import expand
+from vlpdist.storage import Storage
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -59,9 +60,9 @@ def list_images(storage: Storage, spec: str) -> tuple[list[ImageRef], list[str]]
     naming both, since their features could not be told apart."""
     notes: list[str] = []
     if spec.endswith(".tar"):  # one tar, or a glob of tars
-        refs = [r for tar in _expand(storage, spec) for r in _tar_members(storage, tar)]
+        refs = [r for tar in expand(storage, spec, "images") for r in _tar_members(storage, tar)]
     elif _GLOB_CHARS.search(spec):
-        files = _expand(storage, spec)
+        files = expand(storage, spec, "images")
         root = _glob_root(spec)
         refs, other = _files(files, root)
         if other:
@@ -92,20 +93,6 @@ def regions_name(spec: str) -> str:
     base = path.rsplit("/", 1)[-1]
     base = base[: -len(".tar")] if base.endswith(".tar") else base
     return f"{re.sub(r'[^A-Za-z0-9_-]+', '_', base).strip('_') or 'images'}_regions"
-
-
-def _expand(storage: Storage, pattern: str) -> list[str]:
-    if not _GLOB_CHARS.search(pattern):
-        if not storage.exists(pattern):
-            raise SourceError(f"{pattern}: images not found (images=...)")
-        return [pattern]
-    fs, path = storage.filesystem(pattern)
-    proto = split_protocol(pattern)[0]
-    prefix = "" if proto == "file" else f"{proto}://"
-    found = sorted(prefix + p for p in storage.call("list", pattern, lambda: fs.glob(path)))
-    if not found:
-        raise SourceError(f"{pattern}: no file matches this pattern (images=...)")
-    return found
 
 
 def _glob_root(pattern: str) -> str:

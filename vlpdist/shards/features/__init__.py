@@ -171,18 +171,12 @@ def regions_from_record(rec: Mapping) -> Regions:
 # ---------------------------------------------------------------- opening a store
 
 
-def expand(storage: Storage, url: str) -> list[str]:
+def expand(storage: Storage, url: str, what: str = "features") -> list[str]:
     """URLs matching a glob pattern (or [url]); one-line error when nothing is there."""
-    if not _GLOB_CHARS.search(url):
-        if not storage.exists(url):
-            raise SourceError(f"{url}: features not found")
-        return [url]
-    fs, path = storage.filesystem(url)
-    proto = split_protocol(url)[0]
-    prefix = "" if proto == "file" else f"{proto}://"
-    found = sorted(prefix + p for p in storage.call("list", url, lambda: fs.glob(path)))
+    found = storage.glob(url)
     if not found:
-        raise SourceError(f"{url}: no features match this pattern")
+        why = f"no {what} match this pattern" if _GLOB_CHARS.search(url) else f"{what} not found"
+        raise SourceError(f"{url}: {why}")
     return found
 
 
