@@ -286,3 +286,18 @@ def test_shipped_extract_configs_load():
         c = load(ExtractConfig, str(path))
         ext = get_extractor(c.extractor, c.options, c.weights, c.seed)
         assert ext.describe()["options"]["input_size"] >= 448
+
+
+def test_bench_extract_reports_its_figures(ray_local):
+    from vlpdist.bench.extract import run
+
+    bench = cfg("grid", "")
+    result = run(bench, images=12, size=(160, 120))
+    rates = ("loop_images_per_s", "pipeline_images_per_s", "forward_images_per_s")
+    assert all(result[k] > 0 for k in rates), result
+    assert 0 < result["loop_decode_share"] < 1 and result["pipeline_start_s"] > 0
+    want = result["pipeline_images_per_s"] / result["loop_images_per_s"]
+    assert result["speedup_vs_loop"] == pytest.approx(want, rel=0.01)
+    assert result["extractor"]["options"]["grid"] == 3 and result["targets"]["ratio_to_forward"]
+    with pytest.raises(ConfigError, match="bench extract draws its own photos"):
+        run(cfg("grid", "/somewhere"), images=2, size=(64, 48))
