@@ -297,7 +297,7 @@ def test_bench_extract_reports_its_figures(ray_local):
     assert all(result[k] > 0 for k in rates), result
     assert 0 < result["loop_decode_share"] < 1 and result["pipeline_start_s"] > 0
     want = result["pipeline_images_per_s"] / result["loop_images_per_s"]
-    assert result["speedup_vs_loop"] == pytest.approx(want, rel=0.01)
+    assert result["speedup_vs_loop"] == pytest.approx(want, rel=0.02, abs=2e-3)  # both rounded
     assert result["extractor"]["options"]["grid"] == 3 and result["targets"]["ratio_to_forward"]
     with pytest.raises(ConfigError, match="bench extract draws its own photos"):
         run(cfg("grid", "/somewhere"), images=2, size=(64, 48))
