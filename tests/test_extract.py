@@ -281,6 +281,15 @@ def test_user_mistakes_are_one_line_errors(tmp_path, run_cli):
             extract(load(ExtractConfig, grid, overrides), str(tmp_path / "o"))
 
 
+def test_config_show_prints_an_extraction_config(capsys):
+    from vlpdist.cli import main
+
+    assert main(["config", "show", "--extract", str(REPO / "configs/extract/detector.yaml"),
+                 "options.max_boxes=36"]) == 0  # fmt: skip
+    shown = capsys.readouterr().out
+    assert "extractor: detector" in shown and "max_boxes: 36" in shown
+
+
 def test_shipped_extract_configs_load():
     for path in sorted((REPO / "configs/extract").glob("*.yaml")):
         c = load(ExtractConfig, str(path))

@@ -33,10 +33,15 @@ def _storage(args):
 def cmd_config_show(args) -> int:
     from vlpdist.config import Config, Recipe, command_of, dump_yaml, load
 
-    if args.recipe:
-        if args.command_of_config:
-            raise VlpdistError("vlpdist config show: --recipe and --command do not go together")
-        sys.stdout.write(dump_yaml(load(Recipe, args.config, args.overrides), redact=True))
+    if args.recipe or args.extract:
+        given = [f for f, on in (("--recipe", args.recipe), ("--extract", args.extract),
+                                 ("--command", args.command_of_config)) if on]  # fmt: skip
+        if len(given) > 1:
+            raise VlpdistError(f"vlpdist config show: {' and '.join(given)} do not go together")
+        from vlpdist.config.extract import ExtractConfig
+
+        schema = Recipe if args.recipe else ExtractConfig
+        sys.stdout.write(dump_yaml(load(schema, args.config, args.overrides), redact=True))
         return 0
     command = args.command_of_config or command_of(args.config)
     cfg = load(Config, args.config, args.overrides, command=command)
@@ -243,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
         "show", help="print the resolved config as its command reads it, secrets redacted"
     )
     p.add_argument("--recipe", action="store_true", help="the file is a shard build recipe")
+    p.add_argument(
+        "--extract", action="store_true", help="the file is an extraction config (configs/extract/)"
+    )
     p.add_argument(
         "--command",
         dest="command_of_config",
