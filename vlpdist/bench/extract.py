@@ -84,8 +84,9 @@ def _forward(extractor, module, paths: list[str], batch_size: int) -> float:
 def run(cfg: ExtractConfig, images: int, size: tuple[int, int]) -> dict:
     import torch
 
+    from vlpdist.shards.extract.cluster import connect
     from vlpdist.shards.extract.extractors import get_extractor
-    from vlpdist.shards.extract.pipeline import connect, extract
+    from vlpdist.shards.extract.pipeline import extract
 
     if cfg.images:
         raise ConfigError("images: bench extract draws its own photos; leave it unset")

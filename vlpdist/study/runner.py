@@ -35,12 +35,12 @@ import ray
 from vlpdist.config import Config
 from vlpdist.engine import checkpoint, lease, setup
 from vlpdist.errors import VlpdistError
+from vlpdist.shards.extract.cluster import connect
 from vlpdist.storage import Storage, join
 from vlpdist.study.grid import RunSpec, plan, study_root
 from vlpdist.study.results import HEARTBEAT_S, Results, failed, finished, states, table
 
 log = logging.getLogger(__name__)
-LOCAL_IP = "127.0.0.2"  # a local Ray's node address: loopback, and one Ray keeps as given
 
 
 def _train_worker(config: dict) -> None:
@@ -152,18 +152,6 @@ def _need(spec: RunSpec) -> tuple[float, float]:
 def _resolve_storage(cfg: Config) -> Config:
     """The study's S3 settings travel with each run's config (see StorageConfig.resolved)."""
     return dataclasses.replace(cfg, storage=cfg.storage.resolved())
-
-
-def connect() -> str:
-    """Join RAY_ADDRESS (set by `ray job submit` too), or start a local Ray on loopback."""
-    address = os.environ.get("RAY_ADDRESS")
-    kw = {"log_to_driver": False, "configure_logging": False}
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(_node_ip_address=LOCAL_IP, include_dashboard=False, **kw)
-    return address or "local"
 
 
 def run_study(cfg: Config, retry_failed: bool = False, progress: bool = True) -> dict:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from vlpdist.config import to_dict
 from vlpdist.config.extract import ExtractConfig
 from vlpdist.errors import ConfigError, ShardError
+from vlpdist.shards.extract.cluster import connect
 from vlpdist.shards.extract.extractors import Extractor, get_extractor
 from vlpdist.shards.extract.images import BadImage, ImageRef, decode, list_images
 from vlpdist.shards.schema import Sample, load_npy, make_key, npy_bytes
@@ -40,7 +41,6 @@ PARTS = "_parts"
 # CPUs a decode task asks for: not the actors' count, or Ray Data would fuse decoding into
 # the model actors
 DECODE_CPUS = 0.5
-_LOOPBACK = "127.0.0.2"  # a local Ray's node address: loopback, and one Ray keeps as given
 
 
 def extract(cfg: ExtractConfig, out_url: str, *, overwrite: bool = False) -> dict:
@@ -193,20 +193,6 @@ def _sample(row: dict) -> Sample:
 
 
 # ---------------------------------------------------------------- Ray Data
-
-
-def connect() -> None:
-    """Join RAY_ADDRESS (set by `ray job submit` too), or start a local Ray on loopback."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    kw = {"log_to_driver": False, "configure_logging": False}
-    if os.environ.get("RAY_ADDRESS"):  # `ray job submit` sets it: join that cluster
-        ray.init(**kw)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(_node_ip_address=_LOOPBACK, include_dashboard=False, **kw)
 
 
 def _run_ray(cfg: ExtractConfig, extractor: Extractor, refs: list[ImageRef]):
