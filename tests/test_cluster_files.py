@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker" / "docker-compose.yml"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 LAUNCH = REPO / "launch"
-SCRIPTS = ["local_cluster.sh", "ray_submit.sh", "deepspeed_node.sh"]
+SCRIPTS = ["local_cluster.sh", "ray_submit.sh", "deepspeed_node.sh", "bench_gpu.sh"]
 SECRET = "not-to-be-printed-7f3a"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections import Counter
@@ -10,29 +11,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import upload
 from corrupt import copy_with_corrupt_sample
 from faultproxy import FaultProxy
 
-from vlpdist.config import Config, DataConfig, DataSource, RetryConfig, StorageConfig, load
+from vlpdist.config import (
+    CacheConfig,
+    DataConfig,
+    DataSource,
+    RetryConfig,
+    StorageConfig,
+)
 from vlpdist.data.answers import soft_scores
 from vlpdist.data.collate import shuffle_regions
 from vlpdist.data.loader import Loader
 from vlpdist.errors import ShardError, StorageError, VlpdistError
 from vlpdist.shards.reader import iter_samples
-from vlpdist.shards.synthetic import synthesize
 from vlpdist.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
+NO_CACHE = CacheConfig(enabled=False)  # these tests watch range reads (test_cache.py: the cache)
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    """The tiny synthetic world, with small shards so that sets span several (uneven) shards."""
-    out = tmp_path_factory.mktemp("world")
-    cfg = load(Config, str(REPO / "configs/synth/tiny.yaml"), ["synth.target_shard_mb=0.05"],
-               command="synth")  # fmt: skip
-    synthesize(cfg, str(out), progress=False)
-    return out / "shards"
+def world(small_world) -> Path:
+    return small_world
 
 
 def cfg_for(url, **kw) -> DataConfig:
@@ -312,14 +315,7 @@ def test_an_error_in_a_loader_worker_is_the_same_one_line(world, tmp_path):
 
 @pytest.fixture
 def world_on_s3(world, s3):
-    st = Storage()
-    for path in (world / "coco_like").rglob("*"):
-        if path.is_file():
-            st.write_bytes(
-                s3.url("w", "coco_like", str(path.relative_to(world / "coco_like"))),
-                path.read_bytes(),
-            )
-    return s3.url("w", "coco_like")
+    return upload(world / "coco_like", s3.url("w", "coco_like"))
 
 
 def test_s3_with_faults_yields_every_sample_exactly_once(world, world_on_s3, s3):
@@ -327,7 +323,7 @@ def test_s3_with_faults_yields_every_sample_exactly_once(world, world_on_s3, s3)
     with FaultProxy(s3.endpoint) as proxy:
         storage = StorageConfig(endpoint_url=proxy.url, retry=RetryConfig(8, 0.01, 0.05))
         proxy.rate(0.3, kinds=("503", "reset", "cut"), seed=1)
-        ld = Loader(cfg_for(world_on_s3, num_workers=2, read_span=2), storage)
+        ld = Loader(cfg_for(world_on_s3, num_workers=2, read_span=2, cache=NO_CACHE), storage)
         got = epoch_units([ld])
     assert got == local  # same order as from local files, nothing lost or repeated
     tel = ld.telemetry()
@@ -342,7 +338,7 @@ def test_transient_faults_never_cost_a_sample_they_stop_the_run(world, world_on_
     with FaultProxy(s3.endpoint) as proxy:
         patient = StorageConfig(endpoint_url=proxy.url, retry=RetryConfig(60, 0.001, 0.005))
         proxy.rate(0.7, kinds=("503", "reset"), seed=3)
-        ld = Loader(cfg_for(world_on_s3, read_span=2), patient)
+        ld = Loader(cfg_for(world_on_s3, read_span=2, cache=NO_CACHE), patient)
         assert epoch_units([ld]) == local
         tel = ld.telemetry()
         assert tel["corrupt_samples"] == tel["missing_samples"] == tel["pad_samples"] == 0
@@ -351,7 +347,7 @@ def test_transient_faults_never_cost_a_sample_they_stop_the_run(world, world_on_
         assert not [e for e in proxy.log if e["method"] == "HEAD" and ".tar" in e["path"]]
         proxy.rate(0.0)
         impatient = StorageConfig(endpoint_url=proxy.url, retry=RetryConfig(2, 0.001, 0.005))
-        ld = Loader(cfg_for(world_on_s3, read_span=2), impatient)
+        ld = Loader(cfg_for(world_on_s3, read_span=2, cache=NO_CACHE), impatient)
         proxy.rate(0.7, kinds=("503",), seed=4)
         with pytest.raises(StorageError, match=r"/coco_like/\d+\.tar: read failed after 2"):
             epoch_units([ld])
@@ -418,3 +414,37 @@ def test_content_word_masking_on_the_world(world):
     assert content and not content & STOP_WORDS and "." not in content
     assert {"a", "."} <= {w for (kind, w) in targets if kind == "any"}  # BERT's masks them
     assert {"red", "dog"} & content or len(content) > 20  # colours and objects are targets
+
+
+def test_padding_is_trimmed_per_batch_and_changes_nothing_the_model_computes(world):
+    """Batches are cut to their longest text and region count (a multiple of 8): the model's
+    outputs at real positions are those of the same batch padded to the maxima."""
+    from vlpdist.engine.loop import data_dims
+    from vlpdist.models.losses import model_inputs
+    from vlpdist.models.model import build_model
+
+    cfg = cfg_for(world / "coco_like", max_text_tokens=36, max_regions=100, batch_size=8)
+    ld = Loader(cfg)
+    batch = next(iter(ld))
+    t, r = batch.input_ids.shape[1], batch.feats.shape[1]
+    longest = int(batch.attention_mask.sum(1).max())
+    assert t == min(36, -(-longest // 8) * 8) < 36 and r % 8 == 0 and r <= 100
+    assert int(batch.region_mask.sum(1).max()) > r - 8
+
+    def padded(b):
+        def widen(x, n, value=0):
+            shape = (x.shape[0], n - x.shape[1], *x.shape[2:])
+            return torch.cat([x, torch.full(shape, value, dtype=x.dtype)], 1)
+
+        return dataclasses.replace(
+            b, input_ids=widen(b.input_ids, 36), token_type_ids=widen(b.token_type_ids, 36),
+            attention_mask=widen(b.attention_mask, 36), mlm_labels=widen(b.mlm_labels, 36, -100),
+            feats=widen(b.feats, 100), boxes=widen(b.boxes, 100),
+            region_mask=widen(b.region_mask, 100), mrm_mask=widen(b.mrm_mask, 100),
+        )  # fmt: skip
+
+    model = build_model("visual_bert", "tiny", data_dims(ld), objectives=("mlm", "mrc")).eval()
+    with torch.no_grad():
+        a, b = model(**model_inputs(batch)), model(**model_inputs(padded(batch)))
+    for k in ("mlm", "mrc"):
+        assert torch.allclose(a[k], b[k], atol=1e-5), k

@@ -13,7 +13,7 @@ from vlpdist.config import Config, DataConfig, DataSource, load
 from vlpdist.data.loader import Loader
 from vlpdist.models.export import load_pretrained, same_weights, save_pretrained
 from vlpdist.models.flavors import DataDims
-from vlpdist.models.flops import flops_per_sample
+from vlpdist.models.flops import TrainFlops, flops_per_sample
 from vlpdist.models.losses import model_inputs, pretrain_losses
 from vlpdist.models.model import build_model
 from vlpdist.models.tasks import task_loss
@@ -126,6 +126,18 @@ def test_flops_per_sample(world, arch):
     assert f["forward"] > 0 and 2.5 * f["forward"] < f["train_step"] < 3.5 * f["forward"]
     bigger = flops_per_sample(model, text_len=24, regions=32)
     assert bigger["forward"] > f["forward"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_train_flops_fit_matches_counts_at_shapes_off_its_grid(world, arch):
+    """What the telemetry charges a trimmed batch: the fitted count at its own shape."""
+    ld = loader(world, "coco_like")
+    model = build_model(arch, "tiny", dims_for(ld), objectives=("mlm", "mrc"))
+    fit = TrainFlops(model, 36, 100)
+    for t, r, mt, mr in ((16, 40, 2, 6), (36, 8, 5, 1), (9, 100, 1, 15), (36, 100, 5, 15)):
+        counted = flops_per_sample(model, t, r, masked=(mt, mr))["train_step"]
+        assert abs(fit(t, r, mt, mr) - counted) < 0.01 * counted, (t, r, fit(t, r), counted)
+    assert fit(16, 40, 2, 6) < 0.6 * fit.padded
 
 
 MINILM_SIZES = {"hidden_size": 384, "num_layers": 6, "num_heads": 12, "intermediate_size": 1536,

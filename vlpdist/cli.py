@@ -219,6 +219,12 @@ def cmd_bench_extract(args) -> int:
     return bench_extract(args)
 
 
+def cmd_bench_gpu(args) -> int:
+    from vlpdist.bench.gpu import main as bench_gpu
+
+    return bench_gpu(args)
+
+
 def cmd_bench_model(args) -> int:
     from vlpdist.bench.model import main as bench_model
 
@@ -361,6 +367,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source", choices=("file", "s3"), default="file", help="where shards live")
     p.add_argument("--samples", type=int, default=1024, help="samples in the generated shards")
     p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    p.add_argument(
+        "--cache",
+        action="store_true",
+        help="also the node-local cache, --epochs epochs from empty (--source s3)",
+    )
+    p.add_argument("--epochs", type=int, default=2, help="epochs of the cached loader")
     p.add_argument("--json", action="store_true", help="one-line JSON (default: indented)")
     p.set_defaults(fn=cmd_bench_data)
 
@@ -378,6 +390,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     p.add_argument("--json", action="store_true", help="one JSON line per model")
     p.set_defaults(fn=cmd_bench_model)
+
+    p = bench.add_parser("gpu", help="pretraining samples/s, TFLOP/s and MFU on one device")
+    p.add_argument("--archs", nargs="+", default=["visual_bert", "vilbert"], help="architectures")
+    p.add_argument("--flavor", help="model flavor (default: base on CUDA, tiny on CPU)")
+    p.add_argument("--max-batch", type=int, help="largest batch tried (default 256 CUDA, 8 CPU)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--samples", type=int, default=1024, help="samples in the generated shards")
+    p.add_argument("--workers", type=int, help="loader workers (default 8 CUDA, 0 CPU)")
+    p.add_argument("--peak-tflops", type=float, help="the device's bf16 peak, if not in the table")
+    p.add_argument("--json", action="store_true", help="one JSON line per architecture")
+    p.set_defaults(fn=cmd_bench_gpu)
 
     p = bench.add_parser("train", help="engine step vs a plain PyTorch AdamW loop (CPU)")
     p.add_argument("--arch", default="visual_bert", help="architecture")

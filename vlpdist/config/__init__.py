@@ -13,6 +13,7 @@ from vlpdist.config.loader import (
 from vlpdist.config.recipe import Recipe, ShardsConfig
 from vlpdist.config.sections import (
     COMMANDS,
+    CacheConfig,
     CaptionConfig,
     Config,
     DataConfig,
@@ -29,6 +30,7 @@ from vlpdist.config.synth import DomainConfig, SynthConfig
 __all__ = [
     "COMMANDS",
     "SECRET",
+    "CacheConfig",
     "Config",
     "DataConfig",
     "DataSource",

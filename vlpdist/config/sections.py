@@ -20,6 +20,27 @@ from vlpdist.models.flavors import CAPTION_MAX_LEN, FLAVORS, HEAD_SPLITS, resolv
 
 
 @dataclass
+class CacheConfig:
+    enabled: bool = True
+    """Copy shards read from object storage to a node-local cache, once per node (local
+    shard sets are read in place). Off: every epoch streams from storage again."""
+    dir: str | None = None
+    """Cache directory on a local disk, shared by every rank and worker of the node;
+    default $VLPDIST_CACHE_DIR, else ~/.cache/vlpdist/shards."""
+    limit_gb: float = 50.0
+    """Size the cache keeps to (it also leaves 1 GiB of the disk free); beyond it, the
+    shards needed furthest ahead are evicted, and those that do not fit are streamed."""
+    ahead: int = 8
+    """Shards of the plan each loader worker fills ahead of its reads."""
+
+    def __post_init__(self):
+        if self.limit_gb <= 0:
+            raise Invalid("limit_gb", "must be > 0 (turn the cache off with enabled: false)")
+        if self.ahead < 0:
+            raise Invalid("ahead", "must be >= 0")
+
+
+@dataclass
 class DataConfig:
     sources: list[DataSource] = field(default_factory=list)
     """Shard sets to stream, with mixing weights."""
@@ -83,6 +104,8 @@ class DataConfig:
     """What a corrupt or truncated shard does: skipped with a warning, or stops the run."""
     verify_sha256: bool = False
     """Check each shard's sha256 (reads every shard once, before the first epoch)."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """The node-local shard cache for sources on object storage."""
     text_only: bool = False
     """Give the model no regions (one empty, masked slot per sample): the text-only control
     of a study, the question-, hypothesis- or plot-only model trained like the others."""

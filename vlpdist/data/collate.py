@@ -68,12 +68,20 @@ class Batch:
     # accuracy scores the prediction against them, not against the vocabulary's soft scores)
 
     def to(self, device) -> Batch:
-        moved = {
-            f.name: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for f in dataclasses.fields(self)
-            for v in [getattr(self, f.name)]
-        }
-        return Batch(**moved)
+        """On `device`, asynchronously from pinned memory (regions stay float16: they are
+        cast where the model uses them, on the device)."""
+        return self._map(lambda v: v.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Batch:
+        """In page-locked memory, so that `to(cuda)` copies asynchronously (what DataLoader's
+        pin_memory calls on a custom batch type)."""
+        return self._map(lambda v: v.pin_memory())
+
+    def _map(self, fn) -> Batch:
+        return Batch(**{
+            f.name: fn(v) if isinstance(v, torch.Tensor) else v
+            for f in dataclasses.fields(self) for v in [getattr(self, f.name)]
+        })  # fmt: skip
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -125,6 +133,12 @@ class Collator:
         elif self.task.targets:
             out["targets"] = self.task.targets(texts, self.label_index)
         out["feats"] = feats
+        # texts trimmed to the batch's longest (the regions were allocated so): a step
+        # costs what the batch holds, not max_text_tokens x max_regions
+        t = _trimmed(att, self.cfg.max_text_tokens)
+        for k in ("input_ids", "token_type_ids", "attention_mask", "mlm_labels"):
+            if k in out:
+                out[k] = out[k][:, :t]
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
         return Batch(
             **tensors,
@@ -167,7 +181,10 @@ class Collator:
         distributions are not copied here: only the masked regions' rows are gathered.
         With a thread `pool`, halves of the batch are copied concurrently (numpy releases
         the GIL while copying): the copy is most of a batch's bytes."""
-        r, b = self.cfg.max_regions, len(items)
+        b = len(items)
+        r = _round_up(
+            max(min(len(d.feats), self.cfg.max_regions) for d in items), self.cfg.max_regions
+        )
         if self.cfg.text_only:  # the control without an image: one masked, empty slot
             return (np.zeros((b, 1, self.dim), np.float16), np.zeros((b, 1, 4), np.float32),
                     np.zeros((b, 1), np.int64))  # fmt: skip
@@ -213,8 +230,12 @@ class Collator:
         mrm = np.zeros(rmask.shape, dtype=bool)
         originals = feats[:0].reshape(0, feats.shape[-1])
         if cfg.mrm_prob > 0:
-            valid = (rmask == 1) & matched[:, None]
+            # drawn over max_regions whatever the batch's trimmed width: the same draws
+            # with or without trimming (regions past the width are never valid)
+            valid = np.zeros((len(rmask), max(cfg.max_regions, rmask.shape[1])), dtype=bool)
+            valid[:, : rmask.shape[1]] = (rmask == 1) & matched[:, None]
             mrm, zeroed = select_regions(valid, rng, prob=cfg.mrm_prob, zero_prob=cfg.mrm_zero_prob)
+            mrm, zeroed = mrm[:, : rmask.shape[1]], zeroed[:, : rmask.shape[1]]
             originals = feats[mrm]  # a copy of the selected rows only: the regression targets
             feats[zeroed] = 0  # our own batch buffer
         out["mlm_labels"] = labels
@@ -231,6 +252,16 @@ class Collator:
             out["mrm_cls"] = cls
         if itm is not None:
             out["itm_labels"] = itm
+
+
+def _round_up(n: int, cap: int, to: int = 8) -> int:
+    """`n` up to a multiple of `to` (shapes that suit tensor cores, and few distinct ones),
+    at most `cap`, at least 1."""
+    return max(1, min(cap, -(-n // to) * to))
+
+
+def _trimmed(att: np.ndarray, cap: int) -> int:
+    return _round_up(int(att.sum(1).max()) if len(att) else 1, cap)
 
 
 def shuffle_regions(batch):

@@ -4,7 +4,9 @@ offsets (adjacent ones coalesced), concurrent, retried by the storage layer.
 Range reads instead of streaming whole shards: with the plan's windowed shuffle, every
 consumer needs samples spread over several shards; reading each sample's own range means
 every byte is read exactly once across all ranks and workers, and skipping a consumed part
-of an epoch costs nothing. Local files are memory-mapped: a sample is a zero-copy view.
+of an epoch costs nothing. Local files are memory-mapped: a sample is a zero-copy view. Remote shards go through the
+node-local cache when there is one (cache.py): a view of the cached copy, or a range read
+from storage for a shard the cache could not take.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from vlpdist.data.cache import ShardCache
 from vlpdist.data.index import Source
 from vlpdist.data.plan import SAMPLE, SHARD, SOURCE
 from vlpdist.errors import StorageError
@@ -26,8 +29,9 @@ MAX_RUN = 32 << 20  # cap of one coalesced read
 
 
 class Fetcher:
-    def __init__(self, storage: Storage, sources: list[Source], threads: int):
-        self.storage, self.sources = storage, sources
+    def __init__(self, storage: Storage, sources: list[Source], threads: int,
+                 cache: ShardCache | None = None):  # fmt: skip
+        self.storage, self.sources, self.cache = storage, sources, cache
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vlpdist-read")
         self._maps: dict[str, mmap.mmap] = {}  # local shards, mapped once per worker
         self._missing: dict[str, StorageError] = {}  # shards found gone: not asked for again
@@ -104,7 +108,11 @@ class Fetcher:
                             self._maps[url] = mm
                 data = memoryview(mm)[start : min(end, len(mm))]  # zero-copy view
             else:
-                data = self.storage.read_bytes(url, start, end)
+                data = self.cache.view(url, start, end) if self.cache else None
+                if data is None:
+                    data = self.storage.read_bytes(url, start, end)
+                    with self._lock:
+                        stats["remote_bytes"] = stats.get("remote_bytes", 0) + len(data)
         except FileNotFoundError:
             return self._gone(url, StorageError(f"{url}: not found", "not_found"))
         except OSError as e:

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlpdist.config import DataConfig, StorageConfig
+from vlpdist.data import cache as C
 from vlpdist.data import plan as P
 from vlpdist.data.collate import Batch, Collator
 from vlpdist.data.decode import CorruptSample, Decoded, decode
@@ -51,7 +52,8 @@ from vlpdist.storage import Storage, is_local
 log = logging.getLogger(__name__)
 STAGES = ("fetch_s", "decode_s", "regions_s", "mask_s", "collate_s")
 COUNTERS = ("batches", "samples", "pad_samples", "bytes_read", "requests", "retries",
-            "corrupt_samples", "missing_samples")  # fmt: skip
+            "corrupt_samples", "missing_samples", "remote_bytes", "cache_hits", "cache_misses",
+            "cache_fills", "cache_fill_bytes", "cache_evictions")  # fmt: skip
 
 
 class _Failed:
@@ -131,7 +133,9 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         plan = self.rank_plan()
         # a fresh Storage per process: filesystem objects must not cross a fork
-        fetcher = Fetcher(Storage(self.storage_cfg), self.sources, self.cfg.read_threads)
+        storage = Storage(self.storage_cfg)
+        cache = self._cache(storage)
+        fetcher = Fetcher(storage, self.sources, self.cfg.read_threads, cache)
         # Two threads per worker: the prefetch thread reads and decodes ahead; this one copies
         # regions into the batch buffers (numpy releases the GIL while copying, so it overlaps
         # the other thread's decoding), packs texts and masks.
@@ -147,14 +151,14 @@ class ShardStream(IterableDataset):
         prepare = ahead.submit if remote else _Done
         try:
             for step in steps[: self.cfg.prefetch]:
-                queue.append(prepare(self._prepare, fetcher, plan, step))
+                queue.append(prepare(self._prepare, fetcher, plan, step, cache))
             for n, step in enumerate(steps):
                 t0 = time.perf_counter()
                 items, pad, stats = queue.popleft().result()
                 stats["wait_prepare_s"] = time.perf_counter() - t0
                 if n + self.cfg.prefetch < len(steps):
                     nxt = steps[n + self.cfg.prefetch]
-                    queue.append(prepare(self._prepare, fetcher, plan, nxt))
+                    queue.append(prepare(self._prepare, fetcher, plan, nxt, cache))
                 t1 = time.perf_counter()
                 regions = self.collator.regions(items, copier)
                 t2 = time.perf_counter()
@@ -172,11 +176,32 @@ class ShardStream(IterableDataset):
             if copier is not None:
                 copier.shutdown(wait=False)
             fetcher.close()
+            if cache is not None:
+                cache.close()
 
-    def _prepare(self, fetcher: Fetcher, plan: P.RankPlan, step: int):
+    def _cache(self, storage: Storage) -> C.ShardCache | None:
+        """The node-local cache of this process, planned for this epoch and the next, its
+        filling ahead started; None for local shard sets or with the cache off."""
+        cache = C.ShardCache.open(self.cfg.cache, storage, self.sources)
+        if cache is None:
+            return None
+        urls = [s.shard_urls for s in self.sources]
+        seq = self.sequence(self.epoch)
+        cache.plan(C.uses(seq, urls), C.uses(self._make_sequence(self.epoch + 1), urls), len(seq))
+        cache.advance(self.consumed)
+        cache.start()
+        return cache
+
+    def _prepare(self, fetcher: Fetcher, plan: P.RankPlan, step: int, cache=None):
         """fetch → decode → regions of one batch (in the prefetch thread)."""
         stats: dict = {}
+        if cache is not None:
+            real = plan.positions[step][~plan.pad[step]]
+            if len(real):
+                cache.advance(int(real.min()))
         raw = fetcher.fetch(plan.entries[step], stats)
+        if cache is not None:
+            stats.update(cache.take_counts())
         entries, pad = plan.entries[step], plan.pad[step].copy()
         t0 = time.perf_counter()
         items: list[Decoded | None] = []
@@ -249,9 +274,11 @@ class Loader:
         rank: int = 0,
         world_size: int = 1,
         tokenizer: Tokenizer | None = None,
+        pin_memory: bool = False,
     ):
         """`tokenizer`: the one another loader of this process already fetched (the
-        evaluation's loader takes the training loader's), not fetched again."""
+        evaluation's loader takes the training loader's), not fetched again. `pin_memory`:
+        batches in page-locked memory (when CUDA is there), for the training device."""
         self.cfg = cfg
         self.stream = ShardStream(cfg, storage_cfg, rank, world_size, tokenizer)
         self.world = world_size
@@ -260,6 +287,7 @@ class Loader:
             url: why for s in self.stream.sources for url, why in s.excluded.items()
         }
         self._started = None
+        self.pin_memory = pin_memory and torch.cuda.is_available()
 
     @property
     def epoch(self) -> int:
@@ -324,6 +352,8 @@ class Loader:
         loader = DataLoader(
             s, batch_size=None, num_workers=self.cfg.num_workers,
             prefetch_factor=2 if self.cfg.num_workers else None,
+            # page-locked batches for an asynchronous copy to the GPU (Batch.pin_memory)
+            pin_memory=self.pin_memory,
             # its own generator: DataLoader draws a base seed per iterator, which must not
             # come from (and advance) the global generator that dropout draws from, or a
             # resumed run would not draw the masks of an uninterrupted one

@@ -37,7 +37,7 @@ class Evaluator:
             fraction=1.0, answer_vocab=data.answer_vocab or data.sources[0].url, num_workers=0,
         )  # fmt: skip
         self.loader = Loader(self.cfg, cfg.storage, rank=dist.rank, world_size=dist.world,
-                             tokenizer=train.tokenizer)  # fmt: skip
+                             tokenizer=train.tokenizer, pin_memory=True)  # fmt: skip
         self.task, self.dist, self.labels = data.task, dist, train.labels
         self.primary = PRIMARY[self.task]
 

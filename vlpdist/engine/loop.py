@@ -33,7 +33,7 @@ from vlpdist.engine.schedule import optimizer
 from vlpdist.engine.telemetry import Telemetry
 from vlpdist.errors import VlpdistError
 from vlpdist.models.flavors import DataDims
-from vlpdist.models.flops import flops_per_sample
+from vlpdist.models.flops import TrainFlops
 from vlpdist.models.losses import model_inputs
 from vlpdist.models.model import build_model
 from vlpdist.models.tasks import TASKS as MODEL_TASKS
@@ -69,8 +69,11 @@ def build_engine(cfg: Config, model, world: int, universal: bool = False):
     `universal` loads a checkpoint converted for another world size. What every run and
     `vlpdist bench train` step through."""
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
 
-    opt, schedule = optimizer(model, cfg.optim)
+    # fused on CUDA; ZeRO-Offload steps on the CPU with DeepSpeed's own CPU Adam
+    fused = get_accelerator().device_name() == "cuda" and not cfg.deepspeed.offload_optimizer
+    opt, schedule = optimizer(model, cfg.optim, fused=fused)
     ds_config = setup.deepspeed_config(cfg, world)
     if universal:
         ds_config["checkpoint"] = {"load_universal": True}
@@ -125,7 +128,7 @@ def train(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
     data = cfg.data
     if "itm" not in cfg.model.objectives:  # no swapped texts for a model that learns no ITM
         data = dataclasses.replace(data, itm_prob=0.0)
-    loader = Loader(data, cfg.storage, rank=dist.rank, world_size=dist.world)
+    loader = Loader(data, cfg.storage, rank=dist.rank, world_size=dist.world, pin_memory=True)
     labels = loader.labels
     dims = data_dims(loader)
     m, init_info = cfg.model, None
@@ -135,7 +138,7 @@ def train(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
         model = build_model(m.arch, m.flavor, dims, sizes=m.sizes, objectives=m.objectives,
                             task=cfg.data.task, freeze_base=m.freeze_base,
                             text_init=m.text_init)  # fmt: skip
-    flops = flops_per_sample(model, cfg.data.max_text_tokens, cfg.data.max_regions)["train_step"]
+    flops = TrainFlops(model, cfg.data.max_text_tokens, cfg.data.max_regions)
     engine = build_engine(cfg, model, dist.world, universal)
     progress = Progress()
     if latest:

@@ -49,11 +49,22 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
     return None
 
 
+def batch_flops(fit, batch) -> float:
+    """Model FLOPs of a training step on `batch`'s real samples at its own (trimmed) shape
+    and masked rows: what the device computed, not the padded maximum."""
+    real = ~batch.is_pad
+    n = int(real.sum())
+    masked = [0.0 if m is None else
+              float((m[real] if m.dtype == torch.bool else m[real] != -100).sum()) / max(n, 1)
+              for m in (batch.mlm_labels, batch.mrm_mask)]  # fmt: skip
+    return n * fit(batch.input_ids.shape[1], batch.feats.shape[1], *masked)
+
+
 class Telemetry:
     """Accumulates per-update figures; every `log_every` updates writes a record."""
 
     def __init__(self, cfg, dist, storage: Storage, run_url: str, local_dir: str,
-                 flops_per_sample: int, start_step: int,
+                 flops_per_sample: Callable[[int, int], float], start_step: int,
                  data_counters: Callable[[], dict[str, float]]):  # fmt: skip
         self.cfg, self.dist, self.storage = cfg, dist, storage
         self.data_counters = data_counters  # the loader's cumulative figures, this rank
@@ -61,7 +72,7 @@ class Telemetry:
         self.data_total: dict[str, float] = {}  # summed over ranks and log windows
         self.remote_url = None if is_local(run_url) else join(run_url, "logs")
         self.dir = os.path.join(run_url, "logs") if is_local(run_url) else local_dir
-        self.flops = flops_per_sample
+        self.flops = flops_per_sample  # of one sample at (text length, regions): TrainFlops
         self.peak = peak_tflops(dist.device, cfg.deepspeed.precision, cfg.run.peak_tflops)
         self.main = dist.is_main
         self.window = self._zero()
@@ -82,7 +93,8 @@ class Telemetry:
 
     @staticmethod
     def _zero() -> dict:
-        return {"updates": 0, "samples": 0, "tokens": 0, "wait_s": 0.0, "seconds": 0.0}
+        return {"updates": 0, "samples": 0, "tokens": 0, "flops": 0.0, "wait_s": 0.0,
+                "seconds": 0.0}  # fmt: skip
 
     def micro(self, batch, losses: dict) -> None:
         """One micro-batch on this rank: real samples, real text tokens + regions, losses
@@ -92,9 +104,12 @@ class Telemetry:
         self.micro_batches += 1
         real = ~batch.is_pad
         tokens = int(batch.attention_mask[real].sum()) + int(batch.region_mask[real].sum())
+        n = int(real.sum())
+        flops = batch_flops(self.flops, batch)
         for acc in (self.window, self.total):
-            acc["samples"] += int(real.sum())
+            acc["samples"] += n
             acc["tokens"] += tokens
+            acc["flops"] += flops
 
     def resume(self) -> None:
         """Start timing the next update now (after evaluation, checkpoints, start-up)."""
@@ -152,8 +167,9 @@ class Telemetry:
             "data_wait_fraction": round(min(1.0, acc["wait_s"] / secs), 4),
             "step_s": round(secs / max(acc["updates"], 1), 4),
         }
+        achieved = acc["flops"] / secs  # per device (every rank counts its own batches)
+        out["tflops_per_device"] = round(achieved / 1e12, 4)
         if self.peak:
-            achieved = self.flops * samples_s / self.dist.world  # per device
             out["mfu"] = round(achieved / (self.peak * 1e12), 4)
         return out
 
@@ -173,7 +189,8 @@ class Telemetry:
 
     def summary(self) -> dict:
         return {**self.rates(self.total), "updates": self.total["updates"],
-                "flops_per_sample": self.flops, "peak_tflops": self.peak,
+                "flops_per_sample": round(self.total["flops"] / max(self.total["samples"], 1)),
+                "flops_per_sample_padded": self.flops.padded, "peak_tflops": self.peak,
                 "world_size": self.dist.world, "device": str(self.dist.device.type),
                 "data": {k: _number(v) for k, v in self.data_total.items()}}  # fmt: skip
 

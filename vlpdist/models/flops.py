@@ -12,9 +12,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from vlpdist.models.model import VLModel
 
 
-def dummy_inputs(model: VLModel, text_len: int = 36, regions: int = 100, mask_frac: float = 0.15):
+def dummy_inputs(model: VLModel, text_len: int = 36, regions: int = 100, mask_frac: float = 0.15,
+                 masked: tuple[int, int] | None = None):  # fmt: skip
     """A one-sample batch of model inputs; the masks of pretraining objectives select
-    `mask_frac` of rows."""
+    `mask_frac` of rows at random, or exactly `masked` = (text tokens, regions)."""
     d = model.dims
     inputs = {
         "input_ids": torch.randint(0, d.vocab_size, (1, text_len)),
@@ -25,17 +26,22 @@ def dummy_inputs(model: VLModel, text_len: int = 36, regions: int = 100, mask_fr
         "region_mask": torch.ones(1, regions, dtype=torch.long),
     }
     if model.objectives:
-        inputs["mlm_mask"] = torch.rand(1, text_len) < mask_frac
-        inputs["mrm_mask"] = torch.rand(1, regions) < mask_frac
+        if masked is None:
+            inputs["mlm_mask"] = torch.rand(1, text_len) < mask_frac
+            inputs["mrm_mask"] = torch.rand(1, regions) < mask_frac
+        else:
+            inputs["mlm_mask"] = torch.arange(text_len)[None] < masked[0]
+            inputs["mrm_mask"] = torch.arange(regions)[None] < masked[1]
     return inputs
 
 
-def flops_per_sample(model: VLModel, text_len: int = 36, regions: int = 100) -> dict[str, int]:
+def flops_per_sample(model: VLModel, text_len: int = 36, regions: int = 100,
+                     masked: tuple[int, int] | None = None) -> dict[str, int]:  # fmt: skip
     """{"forward": FLOPs of one sample's forward, "train_step": forward + backward}."""
     was_training = model.training
     model.train()
     torch.manual_seed(0)
-    inputs = dummy_inputs(model, text_len, regions)
+    inputs = dummy_inputs(model, text_len, regions, masked=masked)
     with FlopCounterMode(display=False) as fwd:
         out = model(**inputs)
     forward = fwd.get_total_flops()
@@ -45,3 +51,34 @@ def flops_per_sample(model: VLModel, text_len: int = 36, regions: int = 100) -> 
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return {"forward": int(forward), "train_step": int(forward + bwd.get_total_flops())}
+
+
+class TrainFlops:
+    """Train-step FLOPs of one sample of text length t and r regions, of which m_t tokens
+    and m_r regions are masked (the pretraining heads' share), for batches whose padding is
+    trimmed: counted at a grid of shapes and fitted by the polynomial a transformer's count
+    is (embeddings, projections and feed-forwards linear in the tokens, attention quadratic,
+    the MLM / MRM heads linear in the masked rows)."""
+
+    def __init__(self, model: VLModel, t_max: int, r_max: int):
+        ts = sorted({max(1, t_max // 4), max(1, t_max // 2), t_max})
+        rs = sorted({max(1, r_max // 4), max(1, r_max // 2), r_max})
+        rows, counts = [], []
+        for i, t in enumerate(ts):
+            for j, r in enumerate(rs):
+                # masked rows: 10% or 20% in turn, so that they vary apart from t and r
+                frac = (0.1, 0.2)[(i + j) % 2]
+                m = (round(frac * t), round(frac * r)) if model.objectives else (0, 0)
+                rows.append(self._basis(t, r, *m))
+                counts.append(flops_per_sample(model, t, r, masked=m)["train_step"])
+        a, y = torch.tensor(rows, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
+        self.coef = torch.linalg.lstsq(a, y.unsqueeze(1)).solution.squeeze(1)
+        m = (round(0.15 * t_max), round(0.15 * r_max)) if model.objectives else (0, 0)
+        self.padded = round(self(t_max, r_max, *m))  # an untrimmed sample, 15% masked
+
+    @staticmethod
+    def _basis(t: int, r: int, mt: float, mr: float) -> list[float]:
+        return [1.0, t, r, t * t, r * r, t * r, mt, mr]
+
+    def __call__(self, t: int, r: int, mt: float = 0.0, mr: float = 0.0) -> float:
+        return float(torch.tensor(self._basis(t, r, mt, mr), dtype=torch.float64) @ self.coef)

@@ -221,6 +221,17 @@ class Storage:
             return bytes(got)
         return self.call("read", url, lambda: fs.cat_file(path, start=start, end=end))
 
+    def read_into(self, url: str, start: int, end: int, sink) -> None:
+        """Bytes [start, end) appended to `sink` (anything with `extend` and `len`, empty at
+        first) as they arrive, never held whole in memory; on S3 a retry asks only for the
+        bytes still missing. An exception `sink` raises ends the read (a StorageError as it
+        is, without retries)."""
+        fs, path = self.filesystem(url)
+        if split_protocol(url)[0] in ("s3", "s3a"):
+            self.call("read", url, lambda: s3_range_into(fs, path, start + len(sink), end, sink))
+        else:
+            sink.extend(self.call("read", url, lambda: fs.cat_file(path, start=start, end=end)))
+
     def read_text(self, url: str) -> str:
         return self.read_bytes(url).decode("utf-8")
 
