@@ -78,9 +78,10 @@ def upload(local: Path, url: str) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def shard_cache_dir(tmp_path_factory):
-    """The node-local shard cache of the session's loaders and subprocesses: never the
-    user's ~/.cache (tests that watch a cache give their own data.cache.dir)."""
-    path = tmp_path_factory.mktemp("shard-cache")
+    """vlpdist's cache root (the shard cache, counted FLOPs) for the session's loaders and
+    subprocesses: never the user's ~/.cache (tests that watch a cache give their own
+    data.cache.dir)."""
+    path = tmp_path_factory.mktemp("vlpdist-cache")
     old = os.environ.get("VLPDIST_CACHE_DIR")
     os.environ["VLPDIST_CACHE_DIR"] = str(path)
     yield path

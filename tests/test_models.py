@@ -4,6 +4,7 @@ export round trips, padding samples never count."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,24 @@ def test_bench_model_cli(run_cli):
     assert vb["params"] > 0 and vb["flops_per_sample"] > 0 and vb["ours_step_s"] > 0
     assert vb["hf_step_s"] > 0 and vb["speedup_vs_hf"] > 0
     assert {r["arch"] for r in rows} == {"visual_bert", "vilbert"}
+
+
+def test_counted_flops_are_kept_per_model_and_draw_nothing_from_the_run(world, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    from vlpdist.engine.telemetry import train_flops
+
+    monkeypatch.setenv("VLPDIST_CACHE_DIR", str(tmp_path))
+    ld = loader(world, "coco_like")
+    model = build_model("vilbert", "tiny", dims_for(ld), objectives=("mlm", "mrc"))
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    first = train_flops(model, 36, 100)
+    assert torch.equal(torch.get_rng_state(), state)  # the run's dropout stream untouched
+    (kept,) = (tmp_path / "flops").iterdir()
+    again = train_flops(model, 36, 100)  # read back, not counted again
+    assert torch.equal(again.coef, first.coef) and again.padded == first.padded
+    kept.write_text(json.dumps({"coef": [0.0] * 8}))
+    assert train_flops(model, 36, 100)(36, 100) == 0.0  # proof it is read, not recounted
+    frozen = build_model("vilbert", "tiny", dims_for(ld), objectives=("mlm", "mrc"),
+                         freeze_base=True)  # fmt: skip
+    assert TrainFlops.key(frozen, 36, 100) != TrainFlops.key(model, 36, 100)

@@ -56,9 +56,15 @@ def _config(arch: str, flavor: str, url: str, batch: int, steps: int, workers: i
             precision: str) -> Config:  # fmt: skip
     return Config(
         model=ModelConfig(arch=arch, flavor=flavor, objectives=["mlm", "mrc"]),
-        data=DataConfig(sources=[DataSource(url)], batch_size=batch, num_workers=workers,
-                        max_regions=100, max_text_tokens=36, itm_prob=0.0,
-                        cache=CacheConfig(enabled=False)),  # fmt: skip
+        data=DataConfig(
+            sources=[DataSource(url)],
+            batch_size=batch,
+            num_workers=workers,
+            max_regions=100,
+            max_text_tokens=36,
+            itm_prob=0.0,
+            cache=CacheConfig(enabled=False),
+        ),  # fmt: skip
         deepspeed=DeepSpeedConfig(zero_stage=1, precision=precision, global_batch_size=batch),
         optim=OptimConfig(lr=1e-4, warmup_steps=1, total_steps=steps + 1),
     )
@@ -124,7 +130,7 @@ def run(archs=("visual_bert", "vilbert"), flavor: str | None = None, max_batch: 
     from vlpdist.engine.dist import init
     from vlpdist.engine.loop import data_dims
     from vlpdist.engine.telemetry import peak_tflops as peak_of
-    from vlpdist.models.flops import TrainFlops
+    from vlpdist.engine.telemetry import train_flops
     from vlpdist.models.model import build_model
 
     dist = init()  # one rank; before anything DeepSpeed: it picks its accelerator at import
@@ -144,7 +150,7 @@ def run(archs=("visual_bert", "vilbert"), flavor: str | None = None, max_batch: 
             dims = data_dims(Loader(probe.data, None))
             model = build_model(arch, flavor, dims, objectives=probe.model.objectives,
                                 task="pretrain")  # fmt: skip
-            fit = TrainFlops(model, 36, 100)
+            fit = train_flops(model, 36, 100)
             params = sum(p.numel() for p in model.parameters())
             del model
             batch, got = max_batch, None

@@ -26,7 +26,7 @@ class CacheConfig:
     shard sets are read in place). Off: every epoch streams from storage again."""
     dir: str | None = None
     """Cache directory on a local disk, shared by every rank and worker of the node;
-    default $VLPDIST_CACHE_DIR, else ~/.cache/vlpdist/shards."""
+    default $VLPDIST_CACHE_DIR/shards, else ~/.cache/vlpdist/shards."""
     limit_gb: float = 50.0
     """Size the cache keeps to (it also leaves 1 GiB of the disk free); beyond it, the
     shards needed furthest ahead are evicted, and those that do not fit are streamed."""

@@ -39,6 +39,7 @@ import numpy as np
 
 from vlpdist.data.plan import SHARD, SOURCE
 from vlpdist.errors import StorageError
+from vlpdist.paths import cache_root
 from vlpdist.storage import Storage, is_local
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,7 @@ def _warn(what: str) -> None:
 
 
 def default_dir() -> str:
-    return os.environ.get("VLPDIST_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vlpdist", "shards"
-    )
+    return os.path.join(cache_root(), "shards")
 
 
 @dataclass(frozen=True)

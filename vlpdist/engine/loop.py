@@ -30,10 +30,9 @@ from vlpdist.engine import lease as L
 from vlpdist.engine.dist import Dist, init
 from vlpdist.engine.evaluate import Evaluator
 from vlpdist.engine.schedule import optimizer
-from vlpdist.engine.telemetry import Telemetry
+from vlpdist.engine.telemetry import Telemetry, train_flops
 from vlpdist.errors import VlpdistError
 from vlpdist.models.flavors import DataDims
-from vlpdist.models.flops import TrainFlops
 from vlpdist.models.losses import model_inputs
 from vlpdist.models.model import build_model
 from vlpdist.models.tasks import TASKS as MODEL_TASKS
@@ -138,7 +137,7 @@ def train(cfg: Config, pre: setup.Preflight, claim: int | None) -> dict:
         model = build_model(m.arch, m.flavor, dims, sizes=m.sizes, objectives=m.objectives,
                             task=cfg.data.task, freeze_base=m.freeze_base,
                             text_init=m.text_init)  # fmt: skip
-    flops = TrainFlops(model, cfg.data.max_text_tokens, cfg.data.max_regions)
+    flops = train_flops(model, cfg.data.max_text_tokens, cfg.data.max_regions)
     engine = build_engine(cfg, model, dist.world, universal)
     progress = Progress()
     if latest:

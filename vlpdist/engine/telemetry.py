@@ -11,6 +11,7 @@ on rank 0 when stderr is a terminal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from vlpdist.models.flops import TrainFlops
+from vlpdist.paths import cache_root
 from vlpdist.storage import Storage, is_local, join
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,26 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
             return peaks[precision]
     log.warning("telemetry: no peak FLOP/s known for %s; set run.peak_tflops for MFU", name)
     return None
+
+
+def train_flops(model, t_max: int, r_max: int) -> TrainFlops:
+    """`TrainFlops` of `model`, counted once per model and shape on a node and kept under
+    <cache root>/flops/ (a study's runs share a few models; counting takes about a second)."""
+    key = TrainFlops.key(model, t_max, r_max)
+    path = os.path.join(cache_root(), "flops", f"{key}.json")
+    try:
+        with open(path) as f:
+            return TrainFlops(model, t_max, r_max, coef=json.load(f)["coef"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not counted yet (or unreadable): count
+    fit = TrainFlops(model, t_max, r_max)
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"coef": fit.coef.tolist()}, f)
+        os.replace(tmp, path)
+    return fit
 
 
 def batch_flops(fit, batch) -> float:

@@ -6,6 +6,8 @@ FLOP/s by the device peak for MFU.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -40,8 +42,12 @@ def flops_per_sample(model: VLModel, text_len: int = 36, regions: int = 100,
     """{"forward": FLOPs of one sample's forward, "train_step": forward + backward}."""
     was_training = model.training
     model.train()
-    torch.manual_seed(0)
-    inputs = dummy_inputs(model, text_len, regions, masked=masked)
+    with torch.random.fork_rng():  # counting draws nothing from the run's own generator
+        torch.manual_seed(0)
+        return _count(model, dummy_inputs(model, text_len, regions, masked=masked), was_training)
+
+
+def _count(model: VLModel, inputs: dict, was_training: bool) -> dict[str, int]:
     with FlopCounterMode(display=False) as fwd:
         out = model(**inputs)
     forward = fwd.get_total_flops()
@@ -60,7 +66,12 @@ class TrainFlops:
     is (embeddings, projections and feed-forwards linear in the tokens, attention quadratic,
     the MLM / MRM heads linear in the masked rows)."""
 
-    def __init__(self, model: VLModel, t_max: int, r_max: int):
+    def __init__(self, model: VLModel, t_max: int, r_max: int, coef: list[float] | None = None):
+        """Counted now, or from the `coef` of an earlier count of the same model (`key`)."""
+        if coef is not None:
+            self.coef = torch.tensor(coef, dtype=torch.float64)
+            self.padded = self._padded(model, t_max, r_max)
+            return
         ts = sorted({max(1, t_max // 4), max(1, t_max // 2), t_max})
         rs = sorted({max(1, r_max // 4), max(1, r_max // 2), r_max})
         rows, counts = [], []
@@ -73,8 +84,20 @@ class TrainFlops:
                 counts.append(flops_per_sample(model, t, r, masked=m)["train_step"])
         a, y = torch.tensor(rows, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
         self.coef = torch.linalg.lstsq(a, y.unsqueeze(1)).solution.squeeze(1)
+        self.padded = self._padded(model, t_max, r_max)
+
+    def _padded(self, model: VLModel, t_max: int, r_max: int) -> int:
+        """An untrimmed sample with 15% of its rows masked."""
         m = (round(0.15 * t_max), round(0.15 * r_max)) if model.objectives else (0, 0)
-        self.padded = round(self(t_max, r_max, *m))  # an untrimmed sample, 15% masked
+        return round(self(t_max, r_max, *m))
+
+    @staticmethod
+    def key(model: VLModel, t_max: int, r_max: int) -> str:
+        """What the count depends on: every module and its shapes, which parameters train,
+        the objectives, the maximal shape, torch's counter."""
+        trained = "".join("1" if p.requires_grad else "0" for p in model.parameters())
+        text = f"{model!r}|{trained}|{sorted(model.objectives)}|{t_max}|{r_max}|{torch.__version__}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     @staticmethod
     def _basis(t: int, r: int, mt: float, mr: float) -> list[float]:
