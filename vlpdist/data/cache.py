@@ -183,6 +183,13 @@ class ShardCache:
             self._wake.notify_all()
 
     # -- reading
+    def holds(self, url: str) -> bool:
+        """Whether the node's cache has `url` complete now (reading it is a local read)."""
+        if url in self._open:
+            return True
+        e = self.shards.get(url)
+        return e is not None and os.path.exists(self._path(e.key + ".tar"))
+
     def view(self, url: str, start: int, end: int) -> memoryview | None:
         """Bytes [start, end) of a remote shard from the cache (filled now if missing and it
         may be admitted), or None: read it from storage."""
@@ -259,6 +266,10 @@ class ShardCache:
                 # one sequential GET of the whole object, streamed to disk; a broken
                 # connection resumes at its first missing byte (Storage.read_into)
                 self.storage.read_into(e.url, 0, e.size, sink)
+                # on disk before the rename: after a power cut the name never points at
+                # blocks that were not written
+                f.flush()
+                os.fsync(f.fileno())
             got = sink.digest.hexdigest()
             if sink.n != e.size or (e.sha256 and got != e.sha256):
                 self._skip.add(e.url)

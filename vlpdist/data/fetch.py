@@ -51,7 +51,7 @@ class Fetcher:
         retries_before = self.storage.retries
         read = functools.partial(self._read_run, stats=stats)
         # local runs are zero-copy views of a mapped file: cheaper than a thread hand-off
-        local = all(is_local(run[0]) for run in runs)
+        local = all(is_local(url) or (self.cache and self.cache.holds(url)) for url, *_ in runs)
         results = map(read, runs) if local else self.pool.map(read, runs)
         for (url, start, _end, members), got in zip(runs, results, strict=True):
             for i, lo, hi in members:

@@ -141,7 +141,9 @@ class ShardStream(IterableDataset):
         # the other thread's decoding), packs texts and masks.
         # Local shards are mapped files: reading costs nothing to wait for, and extra
         # threads would only contend for the GIL. Remote reads go ahead in threads.
-        remote = not all(is_local(u) for s in self.sources for u in s.shard_urls)
+        # (shards already in the node-local cache are local files too)
+        remote = not all(is_local(u) or (cache and cache.holds(u))
+                         for s in self.sources for u in s.shard_urls)  # fmt: skip
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlpdist-prefetch")
         copier = (
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlpdist-copy") if remote else None
