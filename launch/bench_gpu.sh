@@ -27,7 +27,8 @@ if [[ ${1:-} == --fetch-wheels ]]; then
         *) platforms+=(--platform "manylinux_${n}_x86_64") ;; esac
     done
     wanted=()
-    for p in hjson pydantic pydantic-core annotated-types typing-inspection; do
+    for p in hjson pydantic pydantic-core annotated-types typing-inspection webdataset braceexpand \
+        tensorboardX; do
         wanted+=("$p==$(version "$p")")
     done
     "$PY" -m pip download -q --no-deps --only-binary=:all: --implementation cp \

@@ -21,11 +21,11 @@ def restored_env():
 
 
 def test_bench_gpu_on_cpu_measures_both_architectures(restored_env):
-    recs = run(steps=2, warmup=1, samples=48, peak_tflops=0.5)
+    recs = run(steps=1, warmup=1, samples=16, max_batch=4, peak_tflops=0.5)
     assert [r["arch"] for r in recs] == ["visual_bert", "vilbert"]
     for r in recs:
         assert (r["flavor"], r["device"], r["batch_size"], r["precision"], r["zero_stage"]) == (
-            "tiny", "cpu", 8, "bf16", 1)  # fmt: skip
+            "tiny", "cpu", 4, "bf16", 1)  # fmt: skip
         assert r["samples_per_s"] > 0 and r["tflops_per_device"] > 0
         # captions are shorter than max_text_tokens: trimmed batches cost less than padded
         assert 0 < r["flops_per_sample"] < r["flops_per_sample_padded"]
@@ -33,8 +33,3 @@ def test_bench_gpu_on_cpu_measures_both_architectures(restored_env):
         assert 0 <= r["data_wait_fraction"] <= 1 and r["peak_memory_gib"] > 0
         assert r["loss_last"] > 0
     assert "target_mfu" not in recs[0]  # the target is VisualBERT-base's on a GPU
-
-
-def test_no_mfu_without_a_known_peak(restored_env):
-    (r,) = run(archs=["visual_bert"], steps=1, warmup=1, samples=16, max_batch=4)
-    assert r["batch_size"] == 4 and "mfu" not in r and "peak_tflops" not in r
