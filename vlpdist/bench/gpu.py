@@ -72,9 +72,9 @@ def _config(arch: str, flavor: str, url: str, batch: int, steps: int, workers: i
 
 def _measure(cfg: Config, dims, fit, device, warmup: int, steps: int) -> dict:
     """Warm-up steps, then timed steps; raises torch.cuda.OutOfMemoryError if it does not fit."""
+    from vlpdist.bench.train import _loss
     from vlpdist.data.loader import Loader
     from vlpdist.engine.telemetry import batch_flops
-    from vlpdist.models.losses import model_inputs, pretrain_losses
 
     model, engine = _engine(cfg, dims)
     loader = Loader(cfg.data, None, pin_memory=True)
@@ -94,12 +94,12 @@ def _measure(cfg: Config, dims, fit, device, warmup: int, steps: int) -> dict:
             flops += batch_flops(fit, batch)
             samples += int((~batch.is_pad).sum())
             batch = batch.to(device)
-            losses = pretrain_losses(engine(**model_inputs(batch)), batch)
-            engine.backward(sum(losses.values()))
+            loss = _loss(engine, batch)
+            engine.backward(loss)
             engine.step()
         _sync(device)
         seconds = time.perf_counter() - t_start
-        loss = float(sum(v.detach().float() for v in losses.values()))
+        loss = float(loss.detach().float())
     finally:
         it.close()
         del engine, model

@@ -384,7 +384,7 @@ class ShardCache:
             for when, url in wanted[: self.ahead]:
                 if self._stop or when == NEVER:
                     break
-                if os.path.exists(self._path(self.shards[url].key + ".tar")):
+                if self.holds(url):
                     continue
                 state = self._fill(url, block=False)
                 did = did or state == "done"

@@ -135,7 +135,7 @@ class Collator:
         out["feats"] = feats
         # texts trimmed to the batch's longest (the regions were allocated so): a step
         # costs what the batch holds, not max_text_tokens x max_regions
-        t = _trimmed(att, self.cfg.max_text_tokens)
+        t = _round_up(int(att.sum(1).max()), self.cfg.max_text_tokens)
         for k in ("input_ids", "token_type_ids", "attention_mask", "mlm_labels"):
             if k in out:
                 out[k] = out[k][:, :t]
@@ -182,12 +182,10 @@ class Collator:
         With a thread `pool`, halves of the batch are copied concurrently (numpy releases
         the GIL while copying): the copy is most of a batch's bytes."""
         b = len(items)
-        r = _round_up(
-            max(min(len(d.feats), self.cfg.max_regions) for d in items), self.cfg.max_regions
-        )
         if self.cfg.text_only:  # the control without an image: one masked, empty slot
             return (np.zeros((b, 1, self.dim), np.float16), np.zeros((b, 1, 4), np.float32),
                     np.zeros((b, 1), np.int64))  # fmt: skip
+        r = _round_up(max(len(d.feats) for d in items), self.cfg.max_regions)
         # empty, not zeros: a fresh zeroed buffer is written twice (page faults on zero
         # pages, then the copy); only each row's padding tail is zeroed below
         feats = np.empty((b, r, self.dim), dtype=np.float16)
@@ -258,10 +256,6 @@ def _round_up(n: int, cap: int, to: int = 8) -> int:
     """`n` up to a multiple of `to` (shapes that suit tensor cores, and few distinct ones),
     at most `cap`, at least 1."""
     return max(1, min(cap, -(-n // to) * to))
-
-
-def _trimmed(att: np.ndarray, cap: int) -> int:
-    return _round_up(int(att.sum(1).max()) if len(att) else 1, cap)
 
 
 def shuffle_regions(batch):

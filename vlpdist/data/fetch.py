@@ -4,9 +4,9 @@ offsets (adjacent ones coalesced), concurrent, retried by the storage layer.
 Range reads instead of streaming whole shards: with the plan's windowed shuffle, every
 consumer needs samples spread over several shards; reading each sample's own range means
 every byte is read exactly once across all ranks and workers, and skipping a consumed part
-of an epoch costs nothing. Local files are memory-mapped: a sample is a zero-copy view. Remote shards go through the
-node-local cache when there is one (cache.py): a view of the cached copy, or a range read
-from storage for a shard the cache could not take.
+of an epoch costs nothing. Local files are memory-mapped: a sample is a zero-copy view.
+Remote shards go through the node-local cache when there is one (cache.py): a view of the
+cached copy, or a range read from storage for a shard the cache could not take.
 """
 
 from __future__ import annotations

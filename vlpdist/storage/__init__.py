@@ -214,11 +214,11 @@ class Storage:
     def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
         """The whole object, or bytes [start, end). On S3 a range is streamed into a buffer
         that outlives a failed attempt, so a retry asks only for the bytes still missing."""
-        fs, path = self.filesystem(url)
         if split_protocol(url)[0] in ("s3", "s3a") and start is not None and end is not None:
             got = bytearray()
-            self.call("read", url, lambda: s3_range_into(fs, path, start + len(got), end, got))
+            self.read_into(url, start, end, got)
             return bytes(got)
+        fs, path = self.filesystem(url)
         return self.call("read", url, lambda: fs.cat_file(path, start=start, end=end))
 
     def read_into(self, url: str, start: int, end: int, sink) -> None:
