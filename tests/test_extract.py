@@ -20,7 +20,13 @@ import torch
 from vlpdist.config import load
 from vlpdist.config.extract import ExtractConfig
 from vlpdist.errors import ConfigError, ShardError, SourceError
-from vlpdist.shards.extract.extractors import box_iou, class_nms, get_extractor, roi_align_mean
+from vlpdist.shards.extract.extractors import (
+    box_iou,
+    class_nms,
+    get_extractor,
+    roi_align_mean,
+    weights_digest,
+)
 from vlpdist.shards.extract.images import BadImage, decode, list_images
 from vlpdist.shards.extract.pipeline import ExtractActor, extract
 from vlpdist.shards.reader import iter_samples, verify
@@ -181,6 +187,43 @@ def test_weights_file_loads_and_is_recorded(tmp_path):
         get_extractor("grid", {"gird": 3}, None, 0)
     with pytest.raises(ConfigError, match="unknown 'resnet'"):
         get_extractor("resnet", {}, None, 0)
+
+
+def test_hub_weights_come_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    """weights=hf:REPO[@REVISION]: a transformers image classifier's checkpoint, laid out as
+    huggingface_hub caches it (what a node with a filled cache and no network has); its
+    classifier is not part of the extractor and is left out."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+    from transformers import ResNetForImageClassification
+
+    from vlpdist.shards.extract import extractors
+
+    torch.manual_seed(3)
+    classifier = ResNetForImageClassification(extractors._resnet_config(TINY_RESNET, num_labels=7))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-resnet"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    state = {k: v.contiguous() for k, v in classifier.state_dict().items()}
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # never the network, here
+    extractors._hub_snapshot.cache_clear()
+    for spec in ("hf:someone/tiny-resnet", f"hf:someone/tiny-resnet@{commit}"):
+        ext = get_extractor("grid", TINY["grid"], spec, seed=0)
+        loaded = ext.module().state_dict()
+        for k, v in classifier.resnet.state_dict().items():
+            assert torch.equal(loaded[f"resnet.{k}"], v), k
+        info = ext.describe()
+        assert info["weights"] == spec and info["weights_revision"] == commit
+        assert info["weights_sha256"] == weights_digest(str(repo / "snapshots" / commit))
+    with pytest.raises(ConfigError, match="hf:someone/absent: not in the local Hugging Face"):
+        get_extractor("grid", TINY["grid"], "hf:someone/absent", 0).module()
+    with pytest.raises(ConfigError, match="name a model repository"):
+        get_extractor("grid", TINY["grid"], "hf:", 0).describe()
+    extractors._hub_snapshot.cache_clear()
 
 
 # ---------------------------------------------------------------- on Ray Data

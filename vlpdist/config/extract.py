@@ -17,8 +17,10 @@ class ExtractConfig:
     """The extractor's settings (input size, grid, backbone stages, box limits...);
     unknown ones are errors. Every setting is recorded in the manifest."""
     weights: str | None = None
-    """A local weights file or directory (safetensors, or a torch state dict); null: a
-    seeded random init, recorded as "random init" in the manifest."""
+    """A local weights file or directory (safetensors, or a torch state dict), or
+    `hf:REPO[@REVISION]`, a transformers checkpoint on the Hugging Face hub (e.g.
+    hf:microsoft/resnet-50 for `grid`), read from the local Hugging Face cache or downloaded
+    into it; null: a seeded random init, recorded as "random init" in the manifest."""
     seed: int = 0
     """Seed of the random init (when weights is null)."""
     images: str = ""

@@ -20,8 +20,10 @@ see tests/extractor_plugin.py and shards/README.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
+import logging
 import os
 
 import numpy as np
@@ -31,6 +33,8 @@ from torch import nn
 
 from vlpdist.errors import ConfigError
 from vlpdist.shards.extract.images import letterbox, stretch
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,14 +90,18 @@ class Extractor:
         return m.eval()
 
     def describe(self) -> dict:
-        """What the manifest records: the extractor, every setting, the weights' sha256."""
-        return {
+        """What the manifest records: the extractor, every setting, the weights' sha256 (and
+        for weights=hf:REPO[@REVISION], the hub commit they came from)."""
+        info = {
             "extractor": self.name,
             "options": self.options,
             "weights": self.weights or "random init",
             "weights_sha256": weights_digest(self.weights) if self.weights else None,
             "seed": self.seed,
         }
+        if (self.weights or "").startswith(HUB):
+            info["weights_revision"] = os.path.basename(_hub_snapshot(self.weights))
+        return info
 
 
 def _resnet_config(opts: dict, **kw):
@@ -294,7 +302,42 @@ def get_extractor(name: str, options: dict, weights: str | None, seed: int) -> E
 # ---------------------------------------------------------------- weights
 
 
+HUB = "hf:"  # weights=hf:REPO[@REVISION]: a model repository on the Hugging Face hub
+
+
+@functools.cache
+def _hub_snapshot(spec: str) -> str:
+    """The local folder of `hf:REPO[@REVISION]`'s safetensors: the snapshot in the Hugging
+    Face cache (HF_HOME / HF_HUB_CACHE) if it is there, so an offline node with a filled
+    cache needs no network; else downloaded into that cache where the hub is reachable.
+    huggingface_hub does the cache, the revisions and the downloads; the cached snapshot
+    wins over a newer one on the hub (name a revision to pin another), and the manifest
+    records the files' sha256 either way."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo, _, revision = spec[len(HUB) :].partition("@")
+    if not repo:
+        raise ConfigError(f"weights={spec}: name a model repository (hf:org/name[@revision])")
+    kw = {"repo_id": repo, "revision": revision or None, "allow_patterns": ["*.safetensors"]}
+    try:
+        try:
+            return snapshot_download(**kw, local_files_only=True)
+        except LocalEntryNotFoundError:
+            return snapshot_download(**kw)
+    except Exception as e:  # offline, unknown repository or revision, no access: one line
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"weights={spec}: not in the local Hugging Face cache and not downloadable ({reason})"
+        ) from None
+
+
 def _weight_files(path: str) -> list[str]:
+    if path.startswith(HUB):
+        files = _weight_files(_hub_snapshot(path))
+        if not any(f.endswith(".safetensors") for f in files):
+            raise ConfigError(f"weights={path}: the repository has no safetensors weights")
+        return files
     if os.path.isdir(path):
         files = sorted(
             f for f in os.listdir(path) if f.endswith((".safetensors", ".bin", ".pt", ".pth"))
@@ -331,6 +374,12 @@ def load_weights(module: nn.Module, path: str) -> None:
     if not set(state) & set(own):  # a checkpoint of the wrapped transformers model
         inner = next(n for n, _ in module.named_children() if n != "normalise")
         state = {f"{inner}.{k}": v for k, v in state.items()}
+    # a head the extractor has no use for (an image classifier's 'classifier.*'): ignored
+    children = {n for n, _ in module.named_children()}
+    head = sorted({k.split(".")[0] for k in state if k.split(".")[0] not in children})
+    if head and set(state) & set(own):
+        log.info("%s: ignoring the checkpoint's %s (not part of the extractor)", path, head)
+        state = {k: v for k, v in state.items() if k.split(".")[0] in children}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
