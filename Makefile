@@ -27,8 +27,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two workers, a module each at a time: most of the suite waits on processes it starts
+# (DeepSpeed ranks, Ray clusters, an S3 server), so two modules share two cores well.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info

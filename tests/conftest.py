@@ -15,6 +15,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """Modules marked slow (clusters, DeepSpeed processes) run first. `make test` spreads
+    the modules over two pytest-xdist workers (--dist loadfile), and a long module handed
+    out last would leave one worker running it alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

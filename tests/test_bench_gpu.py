@@ -29,7 +29,8 @@ def test_bench_gpu_on_cpu_measures_both_architectures(restored_env):
         assert r["samples_per_s"] > 0 and r["tflops_per_device"] > 0
         # captions are shorter than max_text_tokens: trimmed batches cost less than padded
         assert 0 < r["flops_per_sample"] < r["flops_per_sample_padded"]
-        assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.5, rel=1e-2)
+        # both figures are printed to 4 decimals: at CPU rates that rounding is > 1%
+        assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.5, rel=1e-2, abs=2e-4)
         assert 0 <= r["data_wait_fraction"] <= 1 and r["peak_memory_gib"] > 0
         assert r["loss_last"] > 0
     assert "target_mfu" not in recs[0]  # the target is VisualBERT-base's on a GPU

@@ -15,6 +15,8 @@ from vlpdist.models.losses import caption_loss
 from vlpdist.models.model import build_model
 from vlpdist.shards.synthetic import synthesize
 
+pytestmark = pytest.mark.slow  # processes and clusters: scheduled first (conftest)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,8 @@ from corrupt import copy_with_corrupt_sample
 
 from vlpdist.storage import Storage
 
+pytestmark = pytest.mark.slow  # processes and clusters: scheduled first (conftest)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -32,6 +32,8 @@ from vlpdist.shards.extract.pipeline import ExtractActor, extract
 from vlpdist.shards.reader import iter_samples, verify
 from vlpdist.storage import Storage
 
+pytestmark = pytest.mark.slow  # processes and clusters: scheduled first (conftest)
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS = str(Path(__file__).parent)
 LIMIT = 89_478_485

@@ -13,6 +13,8 @@ import torch
 
 from vlpdist.models.export import load_pretrained
 
+pytestmark = pytest.mark.slow  # processes and clusters: scheduled first (conftest)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

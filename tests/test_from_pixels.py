@@ -18,6 +18,8 @@ from vlpdist.shards.build import build
 from vlpdist.shards.reader import iter_samples
 from vlpdist.storage import Storage
 
+pytestmark = pytest.mark.slow  # processes and clusters: scheduled first (conftest)
+
 REPO = Path(__file__).resolve().parents[1]
 N = 240  # drawn images; the last 40 are the task's val split
 EXTRACTOR = """extractor: detector

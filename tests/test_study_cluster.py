@@ -18,6 +18,8 @@ from conftest import free_port
 
 from vlpdist.storage import Storage
 
+pytestmark = pytest.mark.slow  # processes and clusters: scheduled first (conftest)
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY = ["configs/study/tiny.yaml", "run.output=s3://vlpdist/studies",
          "study.shards=s3://vlpdist/world/shards"]  # fmt: skip

@@ -13,6 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # processes and clusters: scheduled first (conftest)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -28,12 +28,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _one_ninja() -> None:
+    """Put the ninja of this environment (pip's `ninja`, a DeepSpeed dependency) first on PATH.
+
+    On CPU DeepSpeed JIT-builds its shared-memory comm op through torch's cpp_extension,
+    which runs the first `ninja` on PATH. Two ninja versions (pip's and a system one) hash
+    build commands differently, so each takes the other's build for a stale one: processes
+    with different PATHs (an activated venv, Ray workers, a plain `.venv/bin/python`)
+    rebuilt the op in turn, about a minute each time."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    path = os.environ.get("PATH", "")
+    if os.path.isfile(os.path.join(ninja.BIN_DIR, "ninja")) and not path.startswith(ninja.BIN_DIR):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+
+
 def init() -> Dist:
     """Initialise torch.distributed through DeepSpeed (NCCL on GPUs, gloo on CPU)."""
     cuda = torch.cuda.is_available()
     if not cuda:
         # DeepSpeed picks its accelerator at import time; CPU needs saying so first
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        _one_ninja()
     if "RANK" not in os.environ:  # a plain process: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
