@@ -15,6 +15,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores, each starting processes of its own: torch
+    # and OpenMP threads that spin while they wait would take the cores from the other
+    # worker's processes. One thread per process unless a test sets more; no spinning.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def pytest_collection_modifyitems(items):
     """Modules marked slow (clusters, DeepSpeed processes) run first. `make test` spreads
     the modules over two pytest-xdist workers (--dist loadfile), and a long module handed
