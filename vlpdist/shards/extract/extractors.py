@@ -333,9 +333,12 @@ def _hub_snapshot(spec: str) -> str:
 
 
 def _weight_files(path: str) -> list[str]:
-    if path.startswith(HUB):
-        files = _weight_files(_hub_snapshot(path))
-        if not any(f.endswith(".safetensors") for f in files):
+    if path.startswith(HUB):  # the snapshot's safetensors only, whatever else is cached there
+        snap = _hub_snapshot(path)
+        files = sorted(
+            os.path.join(snap, f) for f in os.listdir(snap) if f.endswith(".safetensors")
+        )
+        if not files:
             raise ConfigError(f"weights={path}: the repository has no safetensors weights")
         return files
     if os.path.isdir(path):
