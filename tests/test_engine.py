@@ -3,6 +3,7 @@ commit markers, auto-resume at the exact next sample after SIGKILL, object stora
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -188,15 +189,17 @@ def two_rank_runs(world, tmp_path_factory) -> dict:
         out = base / f"z{stage}"
         cli = args(world, str(out), 4, f"deepspeed.zero_stage={stage}", "optim.warmup_steps=1",
                    "run.checkpoint_every=2", "model.sizes={dropout: 0.0, attention_dropout: 0.0}")  # fmt: skip
-        proc = launch(cli, port=free_port())
-        runs[stage] = (out, summary(proc))
+        port = free_port()
+        runs[stage] = (out, summary(launch(cli, port=port)), port)
     return runs
 
 
 def test_two_ranks_via_the_deepspeed_launcher_zero1_and_zero3_agree(two_rank_runs):
     losses = {}
-    for stage, (out, s) in two_rank_runs.items():
+    for stage, (out, s, port) in two_rank_runs.items():
         losses[stage] = [h["loss"] for h in s["history"]]
+        # DeepSpeed's shared-memory segments of the job are gone from /dev/shm (dist.py)
+        assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*")
         assert (out / "tiny/export/model.safetensors").exists()  # ZeRO-3: gathered first
         shards = {p.name for p in (out / "tiny/checkpoints/00000004/state").iterdir()}
         assert sum("optim_states" in s for s in shards) == 2  # one optimizer shard per rank

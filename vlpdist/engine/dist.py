@@ -3,6 +3,7 @@ and a plain single process (which gets a one-rank gloo group on loopback)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -45,6 +46,26 @@ def _one_ninja() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
 
 
+def _unlink_shm(rank: int) -> None:
+    """Remove this rank's name of DeepSpeed's CPU all-reduce buffer from /dev/shm.
+
+    DeepSpeed's shm comm op (csrc/cpu/comm/shm.cpp) creates one 66 MB segment per rank,
+    `deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>`, and never
+    unlinks it. Every CPU job of local ranks, killed or not, left its segments in /dev/shm
+    until reboot: 15 GB on a test machine, until Ray's memory monitor killed training
+    workers. `init_distributed` returns once this rank has mapped every rank's segment; after
+    a barrier every rank has. The names can then go: the mappings stay valid, and the memory
+    is freed when the last process holding it exits, however it exits."""
+    import torch.distributed as tdist
+
+    tdist.barrier()
+    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
+        os.getuid(), os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), rank
+    )
+    with contextlib.suppress(FileNotFoundError):  # no segment: ranks on several nodes
+        os.unlink(os.path.join("/dev/shm", name))
+
+
 def init() -> Dist:
     """Initialise torch.distributed through DeepSpeed (NCCL on GPUs, gloo on CPU)."""
     cuda = torch.cuda.is_available()
@@ -60,6 +81,8 @@ def init() -> Dist:
 
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if not cuda:
+        _unlink_shm(rank)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
